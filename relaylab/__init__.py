@@ -1,0 +1,1 @@
+"""relaylab: dataset-wide explainable AI."""

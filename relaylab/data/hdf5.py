@@ -1,0 +1,355 @@
+"""xarray backend for ViRelAy/CoRelAy HDF5 files (dataset, attribution and analysis files), opened as they are.
+
+`xr.open_dataset(path, engine="virelay")` gives the canonical inputs or attributions Dataset,
+`xr.open_datatree(path, engine="virelay")` the canonical analysis tree. Arrays are lazy: opening reads only
+metadata (and an attribution file's small `index` vector), and with `chunks={}` the Dask chunks follow the HDF5
+chunks. File handles live in a `CachingFileManager`, so the arrays pickle and travel to Dask workers.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import h5py
+import numpy as np
+import xarray as xr
+from xarray.backends import BackendArray, BackendEntrypoint, CachingFileManager
+from xarray.backends.locks import HDF5_LOCK
+from xarray.core import indexing
+
+from ..errors import Problem, RelaylabError
+from .labels import CLASS
+
+SAMPLE, CHANNEL, Y, X = "sample", "channel", "y", "x"
+MEMBER, COMPONENT = "member", "component"
+IMAGE_DIMS = (SAMPLE, CHANNEL, Y, X)
+CHANNEL_SIZES = (1, 3, 4)
+TARGET_CHUNK_BYTES = 32 * 2**20
+
+
+def open_h5(path: str | os.PathLike) -> h5py.File:
+    """Open read-only, with errors that name the file and say what was expected."""
+    path = Path(path)
+    if not path.exists():
+        raise RelaylabError.at(path, "", "an existing HDF5 file", "no such file")
+    if path.is_dir():
+        raise RelaylabError.at(path, "", "an HDF5 file", "a directory")
+    if not h5py.is_hdf5(path):
+        raise RelaylabError.at(path, "", "an HDF5 file", "no HDF5 signature (not HDF5, or empty)")
+    try:
+        return h5py.File(path, "r")
+    except OSError as error:
+        raise RelaylabError.at(path, "", "a readable HDF5 file (truncated or damaged?)", str(error)) from None
+
+
+class H5Array(BackendArray):
+    """One HDF5 dataset, or a group of equally shaped per-sample datasets stacked along the first axis."""
+
+    def __init__(self, manager: CachingFileManager, name: str, shape, dtype, members: list[str] | None = None):
+        self.manager = manager
+        self.name = name
+        self.shape = tuple(shape)
+        self.dtype = np.dtype(dtype)
+        self.members = members
+
+    def __getitem__(self, key):
+        return indexing.explicit_indexing_adapter(key, self.shape, indexing.IndexingSupport.BASIC, self._read)
+
+    def _read(self, key: tuple):
+        with HDF5_LOCK:
+            node = self.manager.acquire()[self.name]
+            if self.members is None:
+                return np.asarray(node[key])
+            rows, rest = key[0], key[1:]
+            if isinstance(rows, (int, np.integer)):
+                return np.asarray(node[self.members[rows]][rest], dtype=self.dtype)
+            picked = range(self.shape[0])[rows]
+            out = np.empty((len(picked),) + self.shape[1:], dtype=self.dtype)[(slice(None),) + rest]
+            for i, row in enumerate(picked):
+                out[i] = node[self.members[row]][rest]
+            return out
+
+
+def sorted_members(group: h5py.Group, file: str) -> list[str]:
+    keys = sorted(group.keys())
+    if not keys:
+        raise RelaylabError.at(file, group.name, "a non-empty group of per-sample arrays", "an empty group")
+    return keys
+
+
+def h5_array(manager: CachingFileManager, file: str, name: str) -> tuple[H5Array, tuple | None]:
+    """A lazy array for `name` (dataset or group of per-sample arrays) and the HDF5 chunk shape, if any."""
+    node = manager.acquire()[name]
+    if isinstance(node, h5py.Dataset):
+        return H5Array(manager, name, node.shape, node.dtype), node.chunks
+    members = sorted_members(node, file)
+    first = node[members[0]]
+    if not isinstance(first, h5py.Dataset):
+        raise RelaylabError.at(file, first.name, "a per-sample array", "a group")
+    return H5Array(manager, name, (len(members),) + first.shape, first.dtype, members), None
+
+
+def preferred_chunks(shape: tuple, dtype: np.dtype, h5_chunks: tuple | None) -> tuple:
+    """HDF5's chunks where it has them; otherwise whole samples, about TARGET_CHUNK_BYTES per chunk."""
+    if h5_chunks is not None:
+        return tuple(h5_chunks)
+    sample_bytes = max(1, math.prod(shape[1:]) * np.dtype(dtype).itemsize)
+    rows = max(1, min(shape[0], TARGET_CHUNK_BYTES // sample_bytes)) if shape[0] else 1
+    return (rows,) + tuple(shape[1:])
+
+
+def image_layout(shape: tuple, declared: str | None, file: str, name: str) -> str:
+    """'chw' or 'hwc' for a 4-D array, 'hw' for 3-D; an explicit declaration wins over the shape-based guess."""
+    if len(shape) == 3:
+        return "hw"
+    if len(shape) != 4:
+        raise RelaylabError.at(file, name, "an array of shape (N, C, H, W), (N, H, W, C) or (N, H, W)", f"shape {shape}")
+    if declared is not None:
+        declared = declared.lower()
+        if declared not in ("chw", "hwc"):
+            raise RelaylabError.at(file, name, "layout 'chw' or 'hwc'", repr(declared))
+        return declared
+    first, last = shape[1] in CHANNEL_SIZES, shape[3] in CHANNEL_SIZES
+    return "hwc" if last and not first else "chw"
+
+
+def to_image_variable(array: H5Array, layout: str, h5_chunks: tuple | None, attrs: dict) -> xr.Variable:
+    """Wrap the array with the canonical dims (sample, channel, y, x), transposing HWC lazily."""
+    encoding = {}
+    chunks = preferred_chunks(array.shape, array.dtype, h5_chunks)
+    lazy = indexing.LazilyIndexedArray(array)
+    if layout == "hw":
+        variable = xr.Variable((SAMPLE, Y, X), lazy, attrs=attrs).expand_dims(CHANNEL, axis=1)
+        chunks = (chunks[0], 1, chunks[1], chunks[2])
+    elif layout == "hwc":
+        variable = xr.Variable((SAMPLE, Y, X, CHANNEL), lazy, attrs=attrs).transpose(*IMAGE_DIMS)
+        chunks = (chunks[0], chunks[3], chunks[1], chunks[2])
+    else:
+        variable = xr.Variable(IMAGE_DIMS, lazy, attrs=attrs)
+    encoding["preferred_chunks"] = dict(zip(IMAGE_DIMS, chunks))
+    variable.encoding = encoding
+    variable.attrs["source_layout"] = layout
+    return variable
+
+
+def label_variable(manager: CachingFileManager, file: str, n_samples: int, h5: h5py.File) -> xr.Variable:
+    """`label (sample)` for integer labels, `label (sample, class)` booleans for n-hot labels."""
+    if "label" not in h5:
+        raise RelaylabError.at(file, "/label", "a 'label' array or group", "it is missing")
+    array, h5_chunks = h5_array(manager, file, "label")
+    if array.shape[0] != n_samples:
+        raise RelaylabError.at(file, "/label", f"{n_samples} labels, one per sample", f"{array.shape[0]}")
+    lazy = indexing.LazilyIndexedArray(array)
+    if len(array.shape) == 1:
+        if not (np.issubdtype(array.dtype, np.integer) or array.dtype == bool):
+            raise RelaylabError.at(file, "/label", "integer class indices", f"dtype {array.dtype}")
+        variable = xr.Variable((SAMPLE,), lazy, attrs={"multi_label": 0})
+    elif len(array.shape) == 2:
+        variable = xr.Variable((SAMPLE, CLASS), lazy, attrs={"multi_label": 1})
+    else:
+        raise RelaylabError.at(file, "/label", "shape (N,) or (N, classes)", f"shape {array.shape}")
+    variable.encoding["preferred_chunks"] = dict(zip(variable.dims, preferred_chunks(array.shape, array.dtype, h5_chunks)))
+    return variable
+
+
+def declared_value_range(dtype: np.dtype, declared: Iterable[float] | None, h5_attrs) -> list[float] | None:
+    """The range of input values: declared by the user or the file, implied by uint8, else unknown until read."""
+    if declared is not None:
+        return [float(v) for v in declared]
+    if "value_range" in h5_attrs:
+        return [float(v) for v in h5_attrs["value_range"]]
+    if np.dtype(dtype) == np.uint8:
+        return [0.0, 255.0]
+    return None
+
+
+def guess_value_range(minimum: float, maximum: float) -> list[float]:
+    """ViRelAy's rule, applied to values actually read: [-1, 1] when negative, [0, 255] above 1, else [0, 1]."""
+    if minimum < 0:
+        return [-1.0, 1.0]
+    if maximum > 1:
+        return [0.0, 255.0]
+    return [0.0, 1.0]
+
+
+def detect_kind(h5: h5py.File, file: str) -> str:
+    if "attribution" in h5:
+        return "attribution"
+    if "data" in h5:
+        return "input"
+    if len(h5) and all("index" in g for g in h5.values() if isinstance(g, h5py.Group)):
+        raise RelaylabError.at(file, "/", "a dataset or attribution file for open_dataset",
+                               "an analysis file: open it with xr.open_datatree(path, engine='virelay')")
+    raise RelaylabError.at(file, "/", "a 'data' array (dataset file) or an 'attribution' array (attribution file)", "neither")
+
+
+def open_virelay_dataset(path, kind: str = "auto", layout: str | None = None,
+                         value_range: Iterable[float] | None = None) -> xr.Dataset:
+    file = str(path)
+    open_h5(path).close()
+    manager = CachingFileManager(h5py.File, file, mode="r")
+    try:
+        h5 = manager.acquire()
+        kind = detect_kind(h5, file) if kind == "auto" else kind
+        if kind not in ("input", "attribution"):
+            raise RelaylabError.at(file, "/", "kind 'input', 'attribution' or 'auto'", repr(kind))
+        name = "data" if kind == "input" else "attribution"
+        if name not in h5:
+            raise RelaylabError.at(file, f"/{name}", f"a '{name}' array or group", "it is missing")
+        array, h5_chunks = h5_array(manager, file, name)
+        layout = image_layout(array.shape, layout or h5[name].attrs.get("layout"), file, f"/{name}")
+        n = array.shape[0]
+        attrs = {"source_file": os.path.abspath(file), "source_path": f"/{name}"}
+        variables = {name if kind == "attribution" else "input": to_image_variable(array, layout, h5_chunks, attrs)}
+        coords = {"label": label_variable(manager, file, n, h5)}
+        ds_attrs = {"kind": kind, "source_file": os.path.abspath(file)}
+        if kind == "input":
+            ds_attrs["value_range"] = declared_value_range(array.dtype, value_range, h5[name].attrs)
+            coords[SAMPLE] = np.arange(n, dtype=np.int64)
+        else:
+            if "prediction" in h5:
+                prediction, p_chunks = h5_array(manager, file, "prediction")
+                if prediction.shape[0] != n or len(prediction.shape) != 2:
+                    raise RelaylabError.at(file, "/prediction", f"shape ({n}, classes)", f"shape {prediction.shape}")
+                var = xr.Variable((SAMPLE, CLASS), indexing.LazilyIndexedArray(prediction))
+                var.encoding["preferred_chunks"] = dict(zip((SAMPLE, CLASS), preferred_chunks(prediction.shape, prediction.dtype, p_chunks)))
+                variables["prediction"] = var
+            coords[SAMPLE] = sample_index(h5, file, n)
+        ds = xr.Dataset(variables, coords=coords, attrs=ds_attrs)
+    except BaseException:
+        manager.close()
+        raise
+    ds.set_close(manager.close)
+    return ds
+
+
+def sample_index(h5: h5py.File, file: str, n: int) -> np.ndarray:
+    """The dataset index of each row: the file's `index` when present, else the row number."""
+    if "index" not in h5:
+        return np.arange(n, dtype=np.int64)
+    index = h5["index"]
+    if not isinstance(index, h5py.Dataset) or index.shape != (n,) or not np.issubdtype(index.dtype, np.integer):
+        raise RelaylabError.at(file, "/index", f"({n},) integer sample indices", f"{getattr(index, 'shape', 'a group')}")
+    values = index[()].astype(np.int64)
+    if values.size and values.min() < 0:
+        raise RelaylabError.at(file, "/index", "non-negative sample indices", f"minimum {values.min()}")
+    if np.unique(values).size != values.size:
+        raise RelaylabError.at(file, "/index", "unique sample indices", "repeated values")
+    return values
+
+
+# ----------------------------------------------------------------------------------------------------- analyses
+
+
+def analysis_problems(h5: h5py.File, file: str) -> list[Problem]:
+    """Structural problems of an analysis file, all at once (metadata only)."""
+    problems = []
+    if not len(h5):
+        problems.append(Problem(file, "/", "at least one category group", "an empty file"))
+    for category, group in h5.items():
+        where = f"/{category}"
+        if not isinstance(group, h5py.Group):
+            problems.append(Problem(file, where, "a category group", "an array"))
+            continue
+        if "index" not in group:
+            problems.append(Problem(file, f"{where}/index", "an 'index' array of the category's sample indices", "it is missing"))
+            continue
+        n = group["index"].shape[0] if group["index"].ndim == 1 else None
+        if n is None:
+            problems.append(Problem(file, f"{where}/index", "a 1-D array", f"shape {group['index'].shape}"))
+            continue
+        for kind, ndim in (("embedding", 2), ("cluster", 1)):
+            for name, item in group.get(kind, {}).items():
+                at = f"{where}/{kind}/{name}"
+                if not isinstance(item, h5py.Dataset):
+                    problems.append(Problem(file, at, "an array", "a group"))
+                elif item.ndim != ndim or item.shape[0] != n:
+                    shape = f"({n}, components)" if ndim == 2 else f"({n},)"
+                    problems.append(Problem(file, at, f"shape {shape}, one row per index entry", f"shape {item.shape}"))
+                elif kind == "embedding" and "eigenvalue" in item.attrs and np.size(item.attrs["eigenvalue"]) != item.shape[1]:
+                    problems.append(Problem(file, f"{at}@eigenvalue", f"{item.shape[1]} eigenvalues, one per component",
+                                            f"{np.size(item.attrs['eigenvalue'])}"))
+    return problems
+
+
+def plain_attrs(attrs) -> dict:
+    return {k: (v.tolist() if isinstance(v, np.ndarray) else v.item() if isinstance(v, np.generic) else v) for k, v in attrs.items()}
+
+
+def analysis_nodes(manager: CachingFileManager, file: str, prefix: str = "") -> dict[str, xr.Dataset]:
+    """`{'/<category>': ..., '/<category>/embedding/<name>': ..., '/<category>/cluster': ...}`, all lazy."""
+    h5 = manager.acquire()
+    problems = analysis_problems(h5, file)
+    if problems:
+        raise RelaylabError(problems)
+    nodes: dict[str, xr.Dataset] = {}
+    for category, group in h5.items():
+        base = f"{prefix}/{category}"
+        index, _ = h5_array(manager, file, f"/{category}/index")
+        nodes[base] = xr.Dataset(
+            coords={"index": xr.Variable((MEMBER,), indexing.LazilyIndexedArray(index))},
+            attrs={"source_file": os.path.abspath(file)},
+        )
+        for name, item in group.get("embedding", {}).items():
+            array, _ = h5_array(manager, file, item.name)
+            attrs = plain_attrs(item.attrs)
+            eigenvalue = attrs.pop("eigenvalue", None)
+            coords = {"eigenvalue": (COMPONENT, np.asarray(eigenvalue, dtype=np.float64))} if eigenvalue is not None else {}
+            nodes[f"{base}/embedding/{name}"] = xr.Dataset(
+                {"embedding": xr.Variable((MEMBER, COMPONENT), indexing.LazilyIndexedArray(array))}, coords=coords, attrs=attrs
+            )
+        clusters = {}
+        for name, item in group.get("cluster", {}).items():
+            array, _ = h5_array(manager, file, item.name)
+            clusters[name] = xr.Variable((MEMBER,), indexing.LazilyIndexedArray(array), attrs=plain_attrs(item.attrs))
+        if clusters:
+            nodes[f"{base}/cluster"] = xr.Dataset(clusters)
+    return nodes
+
+
+def open_virelay_analysis(path) -> xr.DataTree:
+    file = str(path)
+    open_h5(path).close()
+    manager = CachingFileManager(h5py.File, file, mode="r")
+    try:
+        tree = xr.DataTree.from_dict(analysis_nodes(manager, file))
+    except BaseException:
+        manager.close()
+        raise
+    tree.attrs["source_file"] = os.path.abspath(file)
+    tree.set_close(manager.close)
+    return tree
+
+
+class VirelayBackendEntrypoint(BackendEntrypoint):
+    """ViRelAy/CoRelAy HDF5: dataset and attribution files as Datasets, analysis files as DataTrees."""
+
+    description = "ViRelAy/CoRelAy HDF5 dataset, attribution and analysis files in relaylab's canonical form"
+    url = "https://github.com/relaylab/relaylab"
+    open_dataset_parameters = ("filename_or_obj", "drop_variables", "kind", "layout", "value_range")
+
+    def open_dataset(self, filename_or_obj, *, drop_variables=None, kind="auto", layout=None, value_range=None):
+        ds = open_virelay_dataset(filename_or_obj, kind=kind, layout=layout, value_range=value_range)
+        return ds.drop_vars(drop_variables or [], errors="ignore")
+
+    def open_datatree(self, filename_or_obj, *, drop_variables=None, **kwargs):
+        return open_virelay_analysis(filename_or_obj)
+
+    def open_groups_as_dict(self, filename_or_obj, **kwargs):
+        return open_virelay_analysis(filename_or_obj).to_dict()
+
+    def guess_can_open(self, filename_or_obj) -> bool:
+        try:
+            path = Path(filename_or_obj)
+        except TypeError:
+            return False
+        if path.suffix.lower() not in (".h5", ".hdf5", ".hdf"):
+            return False
+        try:
+            with h5py.File(path, "r") as h5:
+                return any(k in h5 for k in ("data", "attribution"))
+        except OSError:
+            return False
