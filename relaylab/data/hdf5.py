@@ -46,31 +46,54 @@ def open_h5(path: str | os.PathLike) -> h5py.File:
 
 
 class H5Array(BackendArray):
-    """One HDF5 dataset, or a group of equally shaped per-sample datasets stacked along the first axis."""
+    """One HDF5 dataset, or a group of equally shaped per-sample datasets stacked along the first axis.
 
-    def __init__(self, manager: CachingFileManager, name: str, shape, dtype, members: list[str] | None = None):
+    `axes` presents the file's axes in another order (HWC files as CHW); `None` in it inserts a length-1 axis
+    (a channel for greyscale (N, H, W) files). Doing this here keeps reads at h5py speed: xarray's own lazy
+    transpose falls back to vectorized indexing.
+    """
+
+    def __init__(self, manager: CachingFileManager, name: str, shape, dtype, members: list[str] | None = None,
+                 axes: tuple | None = None):
         self.manager = manager
         self.name = name
-        self.shape = tuple(shape)
+        self.file_shape = tuple(shape)
+        self.axes = tuple(range(len(shape))) if axes is None else tuple(axes)
+        self.shape = tuple(1 if a is None else self.file_shape[a] for a in self.axes)
         self.dtype = np.dtype(dtype)
         self.members = members
+
+    def with_axes(self, axes: tuple) -> "H5Array":
+        return H5Array(self.manager, self.name, self.file_shape, self.dtype, self.members, axes)
 
     def __getitem__(self, key):
         return indexing.explicit_indexing_adapter(key, self.shape, indexing.IndexingSupport.BASIC, self._read)
 
     def _read(self, key: tuple):
+        file_key = [slice(None)] * len(self.file_shape)
+        for k, axis in zip(key, self.axes):
+            if axis is not None:
+                file_key[axis] = k
         with HDF5_LOCK:
-            node = self.manager.acquire()[self.name]
-            if self.members is None:
-                return np.asarray(node[key])
-            rows, rest = key[0], key[1:]
-            if isinstance(rows, (int, np.integer)):
-                return np.asarray(node[self.members[rows]][rest], dtype=self.dtype)
-            picked = range(self.shape[0])[rows]
-            out = np.empty((len(picked),) + self.shape[1:], dtype=self.dtype)[(slice(None),) + rest]
-            for i, row in enumerate(picked):
-                out[i] = node[self.members[row]][rest]
-            return out
+            values = self._read_file(tuple(file_key))
+        kept_file_axes = [a for a, k in enumerate(file_key) if not isinstance(k, (int, np.integer))]
+        wanted = [a for k, a in zip(key, self.axes) if not isinstance(k, (int, np.integer))]
+        values = values.transpose([kept_file_axes.index(a) for a in wanted if a is not None])
+        inserted = [i for i, a in enumerate(wanted) if a is None]
+        return np.expand_dims(values, inserted) if inserted else values
+
+    def _read_file(self, key: tuple) -> np.ndarray:
+        node = self.manager.acquire()[self.name]
+        if self.members is None:
+            return np.asarray(node[key])
+        rows, rest = key[0], key[1:]
+        if isinstance(rows, (int, np.integer)):
+            return np.asarray(node[self.members[rows]][rest], dtype=self.dtype)
+        picked = range(self.file_shape[0])[rows]
+        out = np.empty((len(picked),) + self.file_shape[1:], dtype=self.dtype)[(slice(None),) + rest]
+        for i, row in enumerate(picked):
+            out[i] = node[self.members[row]][rest]
+        return out
 
 
 def sorted_members(group: h5py.Group, file: str) -> list[str]:
@@ -116,21 +139,16 @@ def image_layout(shape: tuple, declared: str | None, file: str, name: str) -> st
     return "hwc" if last and not first else "chw"
 
 
+LAYOUT_AXES = {"chw": (0, 1, 2, 3), "hwc": (0, 3, 1, 2), "hw": (0, None, 1, 2)}
+
+
 def to_image_variable(array: H5Array, layout: str, h5_chunks: tuple | None, attrs: dict) -> xr.Variable:
-    """Wrap the array with the canonical dims (sample, channel, y, x), transposing HWC lazily."""
-    encoding = {}
-    chunks = preferred_chunks(array.shape, array.dtype, h5_chunks)
-    lazy = indexing.LazilyIndexedArray(array)
-    if layout == "hw":
-        variable = xr.Variable((SAMPLE, Y, X), lazy, attrs=attrs).expand_dims(CHANNEL, axis=1)
-        chunks = (chunks[0], 1, chunks[1], chunks[2])
-    elif layout == "hwc":
-        variable = xr.Variable((SAMPLE, Y, X, CHANNEL), lazy, attrs=attrs).transpose(*IMAGE_DIMS)
-        chunks = (chunks[0], chunks[3], chunks[1], chunks[2])
-    else:
-        variable = xr.Variable(IMAGE_DIMS, lazy, attrs=attrs)
-    encoding["preferred_chunks"] = dict(zip(IMAGE_DIMS, chunks))
-    variable.encoding = encoding
+    """Present the array with the canonical dims (sample, channel, y, x), reordering axes lazily."""
+    axes = LAYOUT_AXES[layout]
+    file_chunks = preferred_chunks(array.shape, array.dtype, h5_chunks)
+    chunks = tuple(1 if a is None else file_chunks[a] for a in axes)
+    variable = xr.Variable(IMAGE_DIMS, indexing.LazilyIndexedArray(array.with_axes(axes)), attrs=attrs)
+    variable.encoding["preferred_chunks"] = dict(zip(IMAGE_DIMS, chunks))
     variable.attrs["source_layout"] = layout
     return variable
 

@@ -1,0 +1,114 @@
+"""The `relaylab` command line: `relaylab COMMAND --help` documents each command."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from .errors import RelaylabError
+
+DESCRIPTION = """\
+relaylab: dataset-wide explainable AI (attributions, Spectral Relevance Analysis, an explorer).
+
+A PROJECT is any of:
+  - a ViRelAy project YAML (its HDF5 dataset, attribution and analysis files are opened as they are),
+  - a relaylab project YAML (ViRelAy's keys plus relaylab's, e.g. `store:`),
+  - a relaylab Zarr store (what `relaylab convert` writes).
+"""
+
+EXIT_OK, EXIT_ERROR, EXIT_PROBLEMS = 0, 1, 2
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from .data.validate import projects_problems
+
+    problems = projects_problems(args.projects, progress=not args.quiet)
+    for problem in problems:
+        print(problem)
+    if problems:
+        print(f"{len(problems)} problem{'s' if len(problems) != 1 else ''} found", file=sys.stderr)
+        return EXIT_PROBLEMS
+    print(f"ok: {', '.join(map(str, args.projects))}")
+    return EXIT_OK
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from .data.convert import convert_to_virelay, convert_to_zarr
+
+    if args.to == "zarr":
+        out = convert_to_zarr(args.project, args.out, allow_nonfinite=args.allow_nonfinite, progress=not args.quiet)
+    else:
+        out = convert_to_virelay(args.project, args.out, attribution=args.attribution, progress=not args.quiet)
+    print(f"wrote {out}")
+    return EXIT_OK
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .data.project import open_project
+
+    for i, path in enumerate(args.projects):
+        with open_project(path) as project:
+            print(("\n" if i else "") + project.summary())
+    return EXIT_OK
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="relaylab", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    top.add_argument("-v", "--verbose", action="store_true", help="log what relaylab does (INFO level)")
+    commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    validate = commands.add_parser(
+        "validate", help="check projects and list every problem",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Check one or more projects and list every problem, each with its file, the path inside the\n"
+                    "file and what was expected. Reads all arrays (labels against the label map, NaN/inf in\n"
+                    "attributions, analysis indices in range). Projects given together must have distinct names.\n\n"
+                    "Exit status: 0 when clean, 2 when problems were found.")
+    validate.add_argument("projects", nargs="+", type=Path, metavar="PROJECT")
+    validate.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    validate.set_defaults(run=cmd_validate)
+
+    convert = commands.add_parser(
+        "convert", help="convert a project to a relaylab Zarr store, or back to ViRelAy's files",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Convert PROJECT into OUT.\n\n"
+                    "--to zarr (default): a relaylab Zarr v3 store holding inputs, attribution sets and analyses,\n"
+                    "  sharded for fast single-sample reads and compressed. A killed conversion is resumed by\n"
+                    "  running the same command again; a store left unfinished is never read as complete.\n"
+                    "--to virelay: a folder with project.yaml, label-map.json and HDF5 files that ViRelAy 0.6.1\n"
+                    "  opens (`python -m virelay OUT/project.yaml`). Written to a temporary folder and renamed.\n\n"
+                    "Bad content (labels outside the label map, NaN/inf in attributions) stops the conversion\n"
+                    "and leaves no output behind.")
+    convert.add_argument("project", type=Path, metavar="PROJECT")
+    convert.add_argument("out", type=Path, metavar="OUT")
+    convert.add_argument("--to", choices=("zarr", "virelay"), default="zarr", help="output format (default: zarr)")
+    convert.add_argument("--attribution", metavar="NAME", help="with --to virelay: the attribution set to export (default: the first)")
+    convert.add_argument("--allow-nonfinite", action="store_true", help="copy attributions holding NaN/inf instead of stopping")
+    convert.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    convert.set_defaults(run=cmd_convert)
+
+    info = commands.add_parser("info", help="summarise projects: dataset, classes, attribution sets, analyses",
+                               description="Print what each PROJECT holds. Reads metadata only.")
+    info.add_argument("projects", nargs="+", type=Path, metavar="PROJECT")
+    info.set_defaults(run=cmd_info)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.run(args)
+    except RelaylabError as error:
+        for problem in error.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return EXIT_PROBLEMS
+    except KeyboardInterrupt:
+        print("interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,234 @@
+"""Conversions: any project → relaylab Zarr store (resumable), and a Zarr/YAML project → ViRelAy's HDF5 + YAML
+(written to a temporary folder and renamed into place, so a killed export leaves nothing that looks finished)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import dask.array as da
+import h5py
+import numpy as np
+import xarray as xr
+import yaml
+from tqdm.auto import tqdm
+
+from ..errors import Problem, RelaylabError
+from . import store as zstore
+from .hdf5 import SAMPLE, guess_value_range
+from .labels import CLASS, label_map_entries
+from .project import Project, open_project
+
+log = logging.getLogger(__name__)
+
+
+def label_problems(labels: xr.DataArray, label_map: xr.Dataset, file: str, path: str) -> list[Problem]:
+    """Labels that name no class of the label map (integer labels), or n-hot vectors longer than it."""
+    classes = label_map[CLASS].values
+    if labels.ndim == 2:
+        hot = np.flatnonzero(np.asarray(labels.values, dtype=bool).any(axis=0))
+        unknown = np.setdiff1d(hot, classes)
+        if unknown.size:
+            return [Problem(file, path, f"n-hot columns that are classes of the label map", f"columns {unknown[:5].tolist()} set")]
+        return []
+    values = np.asarray(labels.values)
+    bad = ~np.isin(values, classes)
+    if bad.any():
+        samples = labels[SAMPLE].values[bad][:5].tolist()
+        return [Problem(file, path, "labels that are class indices of the label map",
+                        f"{int(bad.sum())} outside it, e.g. {np.unique(values[bad])[:5].tolist()} at samples {samples}")]
+    return []
+
+
+def nonfinite_problems(values: xr.DataArray, file: str, path: str) -> list[Problem]:
+    """NaN/inf are reported with the samples that hold them, never passed on silently."""
+    flat = np.asarray(values.values).reshape(values.shape[0], -1)
+    bad = ~np.isfinite(flat).all(axis=1)
+    if bad.any():
+        samples = values[SAMPLE].values[bad][:5].tolist()
+        return [Problem(file, path, "finite values (no NaN or inf)", f"{int(bad.sum())} samples with NaN/inf, e.g. {samples}")]
+    return []
+
+
+def source_file(ds: xr.Dataset, var: str) -> str:
+    return str(ds[var].attrs.get("source_file") or ds.attrs.get("source_file") or ", ".join(ds.attrs.get("sources", [])))
+
+
+def convert_to_zarr(project_path: str | os.PathLike, out: str | os.PathLike, *, allow_nonfinite: bool = False,
+                    progress: bool = True) -> Path:
+    """Copy a project into a relaylab Zarr store; a killed conversion resumes when re-run with the same arguments.
+
+    Bad content (labels outside the label map, NaN/inf in attributions) stops the conversion and removes the store
+    it started, so no half-written output is left.
+    """
+    out = Path(out)
+    project = open_project(project_path)
+    fresh = not zstore.is_store(out)
+    try:
+        with project:
+            zstore.create_store(
+                out, project={"name": project.name, "model": project.model, "description": project.metadata.get("description", "")},
+                dataset={"name": project.dataset_name}, label_map=project.label_map, source=str(Path(project_path).resolve()),
+            )
+            write_project(project, out, allow_nonfinite=allow_nonfinite, progress=progress)
+    except RelaylabError:
+        if fresh:
+            zstore.remove(out)
+        raise
+    return out
+
+
+def write_project(project: Project, out: Path, *, allow_nonfinite: bool, progress: bool) -> None:
+    inputs = project.inputs
+    input_file = source_file(inputs, "input")
+
+    def check_inputs(block: xr.Dataset, rows: slice) -> list[Problem]:
+        return label_problems(block["label"], project.label_map, input_file, "/label")
+
+    zstore.write_dataset(out, "inputs", inputs, kind="inputs", check=check_inputs, progress=progress,
+                         attrs={"name": project.dataset_name, "value_range": inputs.attrs.get("value_range")})
+    if inputs.attrs.get("value_range") is None:
+        stored = zstore.open_group(out, "inputs")["input"].data
+        low, high = da.compute(stored.min(), stored.max())
+        zstore.update_group_meta(out, "inputs", value_range=guess_value_range(float(low), float(high)))
+
+    for name, attributions in project.attributions.items():
+        file = source_file(attributions, "attribution")
+
+        def check_attributions(block: xr.Dataset, rows: slice, file=file) -> list[Problem]:
+            problems = label_problems(block["label"], project.label_map, file, "/label")
+            if not allow_nonfinite:
+                problems += nonfinite_problems(block["attribution"], file, "/attribution")
+            return problems
+
+        provenance = {k: attributions.attrs.get(k, "") for k in ("method", "strategy", "model")}
+        attributions = attributions.drop_vars([c for c in ("class_name", "word_net_id") if c in attributions.coords])
+        zstore.write_dataset(out, f"attributions/{name}", attributions, kind="attributions", check=check_attributions,
+                             progress=progress, attrs=provenance)
+    n = inputs.sizes[SAMPLE]
+    for name, tree in project.analyses.items():
+        problems = analysis_index_problems(tree, n)
+        if problems:
+            raise RelaylabError(problems)
+        zstore.write_analysis(out, name, tree, progress=progress)
+    zstore.update_store_metadata(out, status="complete")
+
+
+def analysis_index_problems(tree: xr.DataTree, n_samples: int) -> list[Problem]:
+    problems = []
+    for category, node in tree.children.items():
+        index = np.asarray(node["index"].values)
+        if index.size and (index.max() >= n_samples):
+            file = node.attrs.get("source_file", "")
+            problems.append(Problem(file, f"/{category}/index", f"sample indices below the dataset size {n_samples}",
+                                    f"{index[index >= n_samples][:5].tolist()}"))
+    return problems
+
+
+# ----------------------------------------------------------------------------------------------- back to ViRelAy
+
+
+def convert_to_virelay(project_path: str | os.PathLike, out: str | os.PathLike, *, attribution: str | None = None,
+                       progress: bool = True) -> Path:
+    """Write ViRelAy 0.6.1's layout: project.yaml, label-map.json, dataset.h5, attributions.h5, one file per analysis.
+
+    ViRelAy shows one attribution set per project: `attribution` picks it (default: the first).
+    """
+    out = Path(out)
+    if out.exists():
+        raise RelaylabError.at(out, "", "a new output folder", "it exists already")
+    project = open_project(project_path)
+    partial = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent if out.parent.exists() else None))
+    try:
+        with project:
+            write_virelay(project, partial, attribution, progress)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        partial.rename(out)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return out
+
+
+H5_OPTIONS = {"compression": "lzf"}
+
+
+def write_sample_array(h5: h5py.File, name: str, values: xr.DataArray, progress: bool, desc: str) -> None:
+    """Copy a lazy (sample, ...) array into HDF5 chunk by chunk, one sample per HDF5 chunk (ViRelAy reads samples)."""
+    n = values.shape[0]
+    chunks = (1,) + values.shape[1:] if values.ndim > 1 else (min(n, 65536),)
+    target = h5.create_dataset(name, shape=values.shape, dtype=values.dtype, chunks=chunks if n else None, **H5_OPTIONS)
+    step = values.chunks[0] if values.chunks else (n,)
+    start = 0
+    with tqdm(total=n, desc=desc, unit="sample", disable=not progress, leave=False) as bar:
+        for size in step:
+            target[start:start + size] = values[start:start + size].values
+            start += size
+            bar.update(size)
+
+
+def write_virelay(project: Project, folder: Path, attribution: str | None, progress: bool) -> None:
+    (folder / "label-map.json").write_text(json.dumps(label_map_entries(project.label_map), indent=2))
+    inputs = project.inputs
+    with h5py.File(folder / "dataset.h5", "w") as h5:
+        write_sample_array(h5, "data", inputs["input"], progress, "dataset.h5")
+        h5["data"].attrs["layout"] = "chw"
+        if inputs.attrs.get("value_range") is not None:
+            h5["data"].attrs["value_range"] = inputs.attrs["value_range"]
+        write_sample_array(h5, "label", virelay_labels(inputs["label"]), progress, "labels")
+    spec: dict = {
+        "name": project.name, "model": project.model or "unknown", "label_map": "label-map.json",
+        "dataset": {"name": project.dataset_name or project.name, "type": "hdf5", "path": "dataset.h5",
+                    "input_width": int(inputs.sizes["x"]), "input_height": int(inputs.sizes["y"]),
+                    "down_sampling_method": "none", "up_sampling_method": "none",
+                    "label_index_regex": None, "label_word_net_id_regex": None},
+    }
+    if project.attributions:
+        name = attribution or next(iter(project.attributions))
+        if name not in project.attributions:
+            raise RelaylabError.at(project.path, f"attributions/{name}", f"one of {list(project.attributions)}", "no such set")
+        ds = project.attributions[name]
+        with h5py.File(folder / "attributions.h5", "w") as h5:
+            write_sample_array(h5, "attribution", ds["attribution"], progress, "attributions.h5")
+            write_sample_array(h5, "prediction", ds["prediction"].astype(np.float32), progress, "predictions")
+            write_sample_array(h5, "label", virelay_labels(ds["label"]), progress, "labels")
+            h5["index"] = ds[SAMPLE].values.astype(np.uint32)
+        spec["attributions"] = {"attribution_method": ds.attrs.get("method") or name,
+                                "attribution_strategy": ds.attrs.get("strategy") or "true_label",
+                                "sources": ["attributions.h5"]}
+    analyses = []
+    for i, (name, tree) in enumerate(project.analyses.items()):
+        file = f"analysis-{i:02d}.h5"
+        write_virelay_analysis(tree, folder / file)
+        analyses.append({"analysis_method": name, "sources": [file]})
+    if analyses:
+        spec["analyses"] = analyses
+    (folder / "project.yaml").write_text(yaml.safe_dump({"project": spec}, sort_keys=False))
+
+
+def virelay_labels(labels: xr.DataArray) -> xr.DataArray:
+    """ViRelAy tells multi-label data by a boolean dtype."""
+    return labels.astype(bool) if labels.ndim == 2 else labels.astype(np.int64)
+
+
+def write_virelay_analysis(tree: xr.DataTree, path: Path) -> None:
+    with h5py.File(path, "w") as h5:
+        for category, node in tree.children.items():
+            group = h5.create_group(category)
+            group["index"] = np.asarray(node["index"].values).astype(np.uint32)
+            if "embedding" in node.children:
+                for name, emb in node["embedding"].children.items():
+                    dataset = group.create_dataset(f"embedding/{name}", data=np.asarray(emb["embedding"].values, dtype=np.float32))
+                    if "eigenvalue" in emb.coords:
+                        dataset.attrs["eigenvalue"] = np.asarray(emb["eigenvalue"].values, dtype=np.float32)
+                    for key, value in emb.attrs.items():
+                        dataset.attrs[key] = value
+            if "cluster" in node.children:
+                for name, values in node["cluster"].dataset.data_vars.items():
+                    dataset = group.create_dataset(f"cluster/{name}", data=np.asarray(values.values))
+                    for key, value in values.attrs.items():
+                        dataset.attrs[key] = value

@@ -1,0 +1,391 @@
+"""`open_project`: one labeled, lazy view of a project, whether it is a ViRelAy YAML, a relaylab YAML or a Zarr store."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+import yaml
+from importlib.resources import files
+
+from ..errors import IncompleteStoreError, Problem, RelaylabError
+from . import store as zstore
+from .hdf5 import SAMPLE, open_virelay_analysis, open_virelay_dataset
+from .labels import CLASS, category_display_name, load_label_map
+
+log = logging.getLogger(__name__)
+
+
+class LazyGroups(Mapping):
+    """Name → Dataset/DataTree, opened on first access (so an unfinished group only fails when it is used)."""
+
+    def __init__(self, loaders: dict[str, Callable[[], object]]):
+        self._loaders = loaders
+        self._opened: dict[str, object] = {}
+
+    def __getitem__(self, name: str):
+        if name not in self._loaders:
+            raise KeyError(f"no '{name}'; available: {', '.join(self._loaders) or 'none'}")
+        if name not in self._opened:
+            self._opened[name] = self._loaders[name]()
+        return self._opened[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._loaders)
+
+    def __len__(self) -> int:
+        return len(self._loaders)
+
+    def close(self) -> None:
+        for item in self._opened.values():
+            item.close()
+
+
+@dataclass
+class Project:
+    """A project: inputs, attribution sets, activation sets and analyses, all labeled and lazy."""
+
+    name: str
+    model: str
+    path: Path
+    label_map: xr.Dataset
+    inputs: xr.Dataset
+    attributions: Mapping[str, xr.Dataset] = field(default_factory=dict)
+    activations: Mapping[str, xr.DataTree] = field(default_factory=dict)
+    analyses: Mapping[str, xr.DataTree] = field(default_factory=dict)
+    metadata: dict = field(default_factory=dict)
+
+    @property
+    def dataset_name(self) -> str:
+        return self.metadata.get("dataset", {}).get("name", "")
+
+    def close(self) -> None:
+        self.inputs.close()
+        for group in (self.attributions, self.activations, self.analyses):
+            if isinstance(group, LazyGroups):
+                group.close()
+            else:
+                for item in group.values():
+                    item.close()
+
+    def __enter__(self) -> "Project":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def summary(self) -> str:
+        n, c, h, w = (self.inputs.sizes[d] for d in ("sample", "channel", "y", "x"))
+        lines = [
+            f"project   {self.name}  ({self.metadata.get('format')}: {self.path})",
+            f"model     {self.model}",
+            f"dataset   {self.dataset_name}: {n} samples, {c}×{h}×{w} {self.inputs['input'].dtype}, "
+            f"{'multi-label' if self.inputs['label'].ndim == 2 else 'single-label'}, value range {self.inputs.attrs.get('value_range')}",
+            f"classes   {self.label_map.sizes[CLASS]}",
+        ]
+        for name in self.attributions:
+            lines.append(f"attributions/{name}")
+        for name in self.activations:
+            lines.append(f"activations/{name}")
+        for name in self.analyses:
+            lines.append(f"analyses/{name}")
+        return "\n".join(lines)
+
+
+def open_project(path: str | os.PathLike) -> Project:
+    """Open a ViRelAy project YAML, a relaylab project YAML (ViRelAy's plus relaylab's keys) or a relaylab Zarr store."""
+    path = Path(path)
+    if zstore.is_store(path):
+        return open_store_project(path)
+    if not path.exists():
+        raise RelaylabError.at(path, "", "an existing project file (YAML) or relaylab Zarr store", "no such file")
+    if path.is_dir():
+        raise RelaylabError.at(path, "zarr.json", "a project YAML file or a relaylab Zarr store", "a folder without zarr.json")
+    return open_yaml_project(path)
+
+
+def open_projects(paths: list[str | os.PathLike]) -> dict[str, Project]:
+    """Several projects side by side, keyed by name; names must be unique (ViRelAy silently mixes them up)."""
+    projects: dict[str, Project] = {}
+    try:
+        for path in paths:
+            project = open_project(path)
+            if project.name in projects:
+                other = projects[project.name].path
+                project.close()
+                raise RelaylabError.at(path, "project.name", f"a project name not already used by {other}", repr(project.name))
+            projects[project.name] = project
+    except BaseException:
+        for project in projects.values():
+            project.close()
+        raise
+    return projects
+
+
+# ----------------------------------------------------------------------------------------------------- YAML files
+
+
+def project_schema() -> dict:
+    import json
+    return json.loads(files("relaylab.schemas").joinpath("project.schema.json").read_text())
+
+
+def read_project_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise RelaylabError.at(path, where, "valid YAML", str(getattr(error, "problem", error))) from None
+    except UnicodeDecodeError as error:
+        raise RelaylabError.at(path, "", "a UTF-8 YAML text file", str(error)) from None
+    return data
+
+
+def project_file_problems(data: object, file: str) -> list[Problem]:
+    """Schema problems of a parsed project file, each at its key path (e.g. `project.dataset.type`)."""
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(project_schema())
+    problems = []
+    for error in sorted(validator.iter_errors(data), key=lambda e: list(map(str, e.absolute_path))):
+        key = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in error.absolute_path).replace(".[", "[")
+        problems.append(Problem(file, key, schema_expectation(error), short_repr(error.instance)))
+    return problems
+
+
+def schema_expectation(error) -> str:
+    if error.validator == "enum":
+        return "one of " + ", ".join(map(str, error.validator_value))
+    if error.validator == "type":
+        return f"a value of type {error.validator_value}"
+    if error.validator == "required":
+        return error.message.replace(" is a required property", " to be present")
+    if error.validator == "additionalProperties":
+        return "only known keys: " + error.message
+    return error.message
+
+
+def short_repr(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def attribution_blocks(project: dict) -> list[dict]:
+    """ViRelAy's single `attributions` block, or relaylab's list of named blocks, as a list."""
+    blocks = project.get("attributions") or []
+    return [blocks] if isinstance(blocks, dict) else list(blocks)
+
+
+def attribution_set_name(block: dict) -> str:
+    return str(block.get("name") or block.get("attribution_method") or "attribution")
+
+
+def open_yaml_project(path: Path) -> Project:
+    data = read_project_yaml(path)
+    problems = project_file_problems(data, str(path))
+    if problems:
+        raise RelaylabError(problems)
+    folder = path.parent
+    spec = data["project"]
+    label_map = load_label_map(folder / spec["label_map"])
+    opened: list = []
+    try:
+        inputs = open_inputs(spec["dataset"], folder, label_map, str(path))
+        opened.append(inputs)
+        attributions = {}
+        for i, block in enumerate(attribution_blocks(spec)):
+            name = attribution_set_name(block)
+            attributions[name] = open_attribution_set(block, folder, inputs, label_map, spec.get("model", ""), f"{path}")
+            opened.append(attributions[name])
+        analyses = {}
+        for block in spec.get("analyses") or []:
+            method = block["analysis_method"]
+            sources = [folder / s for s in block["sources"]]
+            analyses[method] = merge_analyses([analyses[method]] if method in analyses else [], sources, label_map)
+            opened.append(analyses[method])
+        activations: Mapping = {}
+        if spec.get("store"):
+            extra = open_store_project(folder / spec["store"])
+            attributions.update(extra.attributions)
+            activations = extra.activations
+            analyses.update(extra.analyses)
+    except BaseException:
+        for item in opened:
+            item.close()
+        raise
+    metadata = {
+        "format": "relaylab-yaml" if is_relaylab_yaml(spec) else "virelay-yaml",
+        "dataset": {k: v for k, v in spec["dataset"].items()},
+        "description": spec.get("description", ""),
+    }
+    return Project(spec["name"], spec.get("model", ""), path, label_map, inputs, attributions, activations, analyses, metadata)
+
+
+RELAYLAB_KEYS = {"store", "description"}
+
+
+def is_relaylab_yaml(spec: dict) -> bool:
+    dataset_extra = {"value_range", "layout"} & set(spec.get("dataset", {}))
+    return bool(RELAYLAB_KEYS & set(spec) or dataset_extra or isinstance(spec.get("attributions"), list))
+
+
+def open_inputs(dataset: dict, folder: Path, label_map: xr.Dataset, project_file: str) -> xr.Dataset:
+    source = folder / dataset["path"]
+    if dataset["type"] == "hdf5":
+        inputs = open_virelay_dataset(source, kind="input", layout=dataset.get("layout"), value_range=dataset.get("value_range"))
+    else:
+        from .imagedir import open_image_directory
+
+        inputs = open_image_directory(
+            source, label_map=label_map,
+            label_index_regex=dataset.get("label_index_regex"),
+            label_word_net_id_regex=dataset.get("label_word_net_id_regex"),
+            input_width=dataset["input_width"], input_height=dataset["input_height"],
+            down_sampling_method=dataset.get("down_sampling_method", "none"),
+            up_sampling_method=dataset.get("up_sampling_method", "none"),
+        )
+    inputs = inputs.chunk(preferred_chunks(inputs))
+    inputs.attrs["name"] = dataset["name"]
+    return inputs
+
+
+def preferred_chunks(ds: xr.Dataset) -> dict:
+    """Dask chunks that follow the backend's storage chunks (HDF5 chunks, image batches)."""
+    chunks: dict = {}
+    for var in ds.variables.values():
+        for dim, size in var.encoding.get("preferred_chunks", {}).items():
+            chunks.setdefault(dim, size)
+    return chunks
+
+
+def open_attribution_set(block: dict, folder: Path, inputs: xr.Dataset, label_map: xr.Dataset, model: str,
+                         project_file: str) -> xr.Dataset:
+    """All sources of one attribution set as one Dataset along `sample` (the dataset index of each row)."""
+    parts = []
+    try:
+        for source in block["sources"]:
+            part = open_virelay_dataset(folder / source, kind="attribution")
+            check_attribution_part(part, inputs, str(folder / source))
+            parts.append(part.chunk(preferred_chunks(part)))
+        attributions = parts[0] if len(parts) == 1 else xr.concat(parts, dim=SAMPLE, data_vars="all", coords="different", compat="equals", join="outer")
+    except BaseException:
+        for part in parts:
+            part.close()
+        raise
+    if len(parts) > 1:
+        attributions.set_close(lambda: [p.close() for p in parts])
+    samples = attributions[SAMPLE].values
+    if np.unique(samples).size != samples.size:
+        raise RelaylabError.at(project_file, "project.attributions.sources",
+                               "each sample in at most one attribution source (give each file an 'index')",
+                               f"sample indices {duplicated(samples)} in more than one source")
+    attributions = attach_classes(attributions, label_map)
+    attributions.attrs = {
+        "kind": "attribution",
+        "method": block.get("attribution_method", ""),
+        "strategy": block.get("attribution_strategy", ""),
+        "model": block.get("model", model),
+        "sources": [str(folder / s) for s in block["sources"]],
+    }
+    return attributions
+
+
+def duplicated(values: np.ndarray) -> list[int]:
+    unique, counts = np.unique(values, return_counts=True)
+    return unique[counts > 1][:5].tolist()
+
+
+def check_attribution_part(part: xr.Dataset, inputs: xr.Dataset, file: str) -> None:
+    """Shape and index checks that need no array data: spatial size, channels, index range."""
+    a, i = part["attribution"], inputs["input"]
+    if (a.sizes["y"], a.sizes["x"]) != (i.sizes["y"], i.sizes["x"]) or a.sizes["channel"] not in (1, i.sizes["channel"]):
+        raise RelaylabError.at(file, "/attribution", f"per-sample shape ({i.sizes['channel']} or 1, {i.sizes['y']}, {i.sizes['x']}) like the inputs",
+                               f"({a.sizes['channel']}, {a.sizes['y']}, {a.sizes['x']})")
+    samples = part[SAMPLE].values
+    n = inputs.sizes[SAMPLE]
+    if samples.size and samples.max() >= n:
+        bad = samples[samples >= n][:5].tolist()
+        raise RelaylabError.at(file, "/index" if samples.size != n or (samples != np.arange(n)).any() else "/attribution",
+                               f"sample indices below the dataset size {n}", f"{bad}")
+    if "prediction" not in part:
+        raise RelaylabError.at(file, "/prediction", "a 'prediction' array (N, classes) of model outputs", "it is missing")
+
+
+def attach_classes(ds: xr.Dataset, label_map: xr.Dataset) -> xr.Dataset:
+    """Label the `class` dimension of predictions with the label map when they cover the same classes."""
+    if CLASS not in ds.dims:
+        return ds
+    k = ds.sizes[CLASS]
+    if label_map.sizes[CLASS] == k and (label_map[CLASS].values == np.arange(k)).all():
+        return ds.assign_coords({CLASS: np.arange(k), "class_name": (CLASS, label_map["name"].values),
+                                 "word_net_id": (CLASS, label_map["word_net_id"].values)})
+    return ds.assign_coords({CLASS: np.arange(k)})
+
+
+def merge_analyses(existing: list[xr.DataTree], sources: list[Path], label_map: xr.Dataset) -> xr.DataTree:
+    """One tree per analysis method: categories of all its sources side by side; a category may not repeat."""
+    nodes: dict[str, xr.Dataset] = {}
+    origin: dict[str, str] = {}
+    trees = list(existing)
+    try:
+        for source in sources:
+            trees.append(open_virelay_analysis(source))
+        for tree in trees:
+            for category, child in tree.children.items():
+                file = child.attrs.get("source_file", tree.attrs.get("source_file", ""))
+                if category in origin:
+                    raise RelaylabError.at(file, f"/{category}", f"a category not already given by {origin[category]}",
+                                           "the same category in two sources of one analysis method")
+                origin[category] = file
+                for node in child.subtree:
+                    relative = node.relative_to(tree)
+                    ds = node.to_dataset(inherit=False)
+                    if node is child:
+                        ds.attrs["display_name"] = category_display_name(label_map, category)
+                    nodes[f"/{relative}"] = ds
+    except BaseException:
+        for tree in trees[len(existing):]:
+            tree.close()
+        raise
+    merged = xr.DataTree.from_dict(nodes)
+    closers = [t.close for t in trees]
+    merged.set_close(lambda: [close() for close in closers])
+    return merged
+
+
+# ----------------------------------------------------------------------------------------------------- Zarr stores
+
+
+def open_store_project(path: Path) -> Project:
+    meta = zstore.store_metadata(path)
+    if meta.get("status") != "complete":
+        unfinished = zstore.unfinished_groups(path)
+        raise IncompleteStoreError(Problem(
+            str(path), "zarr.json#attributes.relaylab.status", "a complete store",
+            f"status '{meta.get('status')}' left by a job that did not finish"
+            + (f" (unfinished: {', '.join(unfinished)})" if unfinished else "")
+            + "; run the same command again to resume it"))
+    label_map = zstore.store_label_map(path)
+    inputs = zstore.open_group(path, "inputs")
+    attributions = LazyGroups({
+        name: (lambda name=name: attach_classes(zstore.open_group(path, f"attributions/{name}"), label_map))
+        for name in zstore.list_groups(path, "attributions")
+    })
+    activations = LazyGroups({
+        name: (lambda name=name: zstore.open_tree(path, f"activations/{name}"))
+        for name in zstore.list_groups(path, "activations")
+    })
+    analyses = LazyGroups({
+        name: (lambda name=name: zstore.open_analysis(path, name)) for name in zstore.list_groups(path, "analyses")
+    })
+    project = meta.get("project", {})
+    metadata = {"format": "relaylab-zarr", "dataset": meta.get("dataset", {}), "description": project.get("description", ""),
+                "store": meta}
+    return Project(project.get("name", path.stem), project.get("model", ""), path, label_map, inputs,
+                   attributions, activations, analyses, metadata)

@@ -1,0 +1,329 @@
+"""relaylab's Zarr v3 project store: one store per project, written resumably, never read half-written.
+
+Layout (documented in schemas/README.md, checked by schemas/store.schema.json)::
+
+    project.zarr/                      root attrs["relaylab"]: format, version, status, project, dataset, label_map
+      inputs/                          input (sample, channel, y, x), label, sample
+      attributions/<name>/             attribution (sample, channel, y, x), prediction (sample, class), label, sample
+      activations/<name>/<layer>/      activation (sample, ...)
+      analyses/<name>/<category>/      index (member); embedding/<name>: embedding (member, component), eigenvalue;
+                                       cluster: one (member,) variable per clustering
+      _progress/<group>                one bool per block already written (only while a group is being written)
+
+Image-like arrays are sharded: one sample (or ~64 KiB of samples) per inner chunk, so the viewer reads one sample
+without touching its neighbours, and ~32 MiB per shard, so batch jobs read big sequential pieces. A group is written
+in shard-aligned blocks; each block's completion is recorded in `_progress`, so a killed writer restarted with the
+same input resumes after the last finished block. Groups carry attrs["relaylab"]["status"]: readers refuse a group
+(or a store) that is not "complete".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import shutil
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+import zarr
+from tqdm.auto import tqdm
+
+from .. import __version__
+from ..errors import IncompleteStoreError, Problem, RelaylabError
+from .hdf5 import SAMPLE
+from .labels import label_map_entries, label_map_from_entries
+
+log = logging.getLogger(__name__)
+
+STORE_FORMAT = "relaylab-store"
+FORMAT_VERSION = 1
+INNER_CHUNK_BYTES = 64 * 2**10
+SHARD_BYTES = 32 * 2**20
+PROGRESS = "_progress"
+COMPRESSOR = zarr.codecs.BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")
+
+BlockCheck = Callable[[xr.Dataset, slice], list[Problem]]
+
+
+def is_store(path: str | Path) -> bool:
+    return (Path(path) / "zarr.json").is_file()
+
+
+def _root(path: str | Path, mode: str = "r") -> zarr.Group:
+    path = Path(path)
+    if not is_store(path):
+        raise RelaylabError.at(path, "zarr.json", "a relaylab Zarr v3 store", "no zarr.json")
+    root = zarr.open_group(str(path), mode=mode, zarr_format=3)
+    meta = root.attrs.get("relaylab")
+    if not isinstance(meta, dict) or meta.get("format") != STORE_FORMAT:
+        raise RelaylabError.at(path, "zarr.json#attributes.relaylab", f"format '{STORE_FORMAT}'", "a Zarr group that relaylab did not write")
+    if meta.get("version", 0) > FORMAT_VERSION:
+        raise RelaylabError.at(path, "zarr.json#attributes.relaylab.version", f"version <= {FORMAT_VERSION}", str(meta.get("version")))
+    return root
+
+
+def store_metadata(path: str | Path) -> dict:
+    return dict(_root(path).attrs["relaylab"])
+
+
+def create_store(path: str | Path, *, project: dict, dataset: dict, label_map: xr.Dataset, source: str) -> dict:
+    """Create the root group, or return the metadata of an unfinished store started from the same `source`."""
+    path = Path(path)
+    if is_store(path):
+        meta = store_metadata(path)
+        if meta.get("source") != source:
+            raise RelaylabError.at(path, "zarr.json#attributes.relaylab.source", f"a store converted from {source}",
+                                   f"one from {meta.get('source')}; choose another output or delete it")
+        if meta.get("status") == "complete":
+            raise RelaylabError.at(path, "", "a new output path", "a complete store already exists there")
+        log.info("resuming the unfinished store %s", path)
+        return meta
+    if path.exists() and any(path.iterdir()):
+        raise RelaylabError.at(path, "", "a new or empty output folder", "a non-empty folder that is not a relaylab store")
+    meta = {
+        "format": STORE_FORMAT, "version": FORMAT_VERSION, "status": "writing", "created_by": f"relaylab {__version__}",
+        "source": source, "project": project, "dataset": dataset, "label_map": label_map_entries(label_map),
+    }
+    root = zarr.open_group(str(path), mode="w", zarr_format=3)
+    root.attrs["relaylab"] = meta
+    return meta
+
+
+def update_store_metadata(path: str | Path, **changes) -> None:
+    root = _root(path, mode="r+")
+    root.attrs["relaylab"] = {**root.attrs["relaylab"], **changes}
+
+
+def store_label_map(path: str | Path) -> xr.Dataset:
+    return label_map_from_entries(store_metadata(path)["label_map"])
+
+
+# ----------------------------------------------------------------------------------------------- sample-wise groups
+
+
+def block_rows(ds: xr.Dataset) -> int:
+    """Samples per shard (the unit of resumable writes): about SHARD_BYTES of the widest per-sample variable."""
+    per_sample = max(
+        (math.prod(v.shape) // max(1, v.sizes[SAMPLE])) * v.dtype.itemsize for v in ds.variables.values() if SAMPLE in v.dims
+    )
+    inner = inner_rows(per_sample)
+    return max(inner, SHARD_BYTES // max(1, per_sample) // inner * inner)
+
+
+def inner_rows(per_sample_bytes: int) -> int:
+    return max(1, INNER_CHUNK_BYTES // max(1, per_sample_bytes))
+
+
+def sample_variables(ds: xr.Dataset) -> list[str]:
+    """Variables written block by block: every non-index variable along `sample`."""
+    return [name for name, v in ds.variables.items() if SAMPLE in v.dims and name not in ds.indexes]
+
+
+def zarr_encoding(ds: xr.Dataset, rows: int) -> dict:
+    encoding = {}
+    for name in sample_variables(ds):
+        v = ds.variables[name]
+        shard = tuple(rows if d == SAMPLE else s for d, s in zip(v.dims, v.shape))
+        if v.ndim >= 3 and v.dtype != object:
+            per_sample = math.prod(v.shape) // max(1, v.sizes[SAMPLE]) * v.dtype.itemsize
+            inner = tuple(min(rows, inner_rows(per_sample)) if d == SAMPLE else s for d, s in zip(v.dims, v.shape))
+            encoding[name] = {"chunks": inner, "shards": shard, "compressors": [COMPRESSOR]}
+        else:
+            encoding[name] = {"chunks": shard}
+    return encoding
+
+
+def fingerprint(ds: xr.Dataset, rows: int) -> str:
+    """What a resumed write must match: variables, shapes, dtypes, block size and the source of the data."""
+    description = {
+        "rows": rows,
+        "source": [ds.attrs.get("source_file"), *(str(ds[n].attrs.get("source_file", "")) for n in ds.data_vars)],
+        "variables": {n: [list(v.dims), list(v.shape), str(v.dtype)] for n, v in ds.variables.items()},
+    }
+    return hashlib.sha256(json.dumps(description, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _progress_key(group: str) -> str:
+    return f"{PROGRESS}/{group.strip('/').replace('/', '.')}"
+
+
+def group_meta(root: zarr.Group, group: str) -> dict | None:
+    if group not in root:
+        return None
+    meta = root[group].attrs.get("relaylab")
+    return dict(meta) if isinstance(meta, dict) else None
+
+
+def write_dataset(path: str | Path, group: str, ds: xr.Dataset, *, kind: str, attrs: dict | None = None,
+                  check: BlockCheck | None = None, progress: bool = True) -> None:
+    """Write `ds` into `group` block by block, resuming a killed write of the same data.
+
+    `check(block, rows)` may return problems found in a block (e.g. NaN); they stop the write before that block
+    lands, and are raised as a RelaylabError.
+    """
+    root = _root(path, mode="r+")
+    n = ds.sizes[SAMPLE]
+    rows = block_rows(ds)
+    n_blocks = max(1, math.ceil(n / rows))
+    stamp = fingerprint(ds, rows)
+    meta = group_meta(root, group)
+    if meta is not None and meta.get("fingerprint") != stamp:
+        raise RelaylabError.at(path, group, "a group written from the same source data",
+                               "a group from different data; delete it or write to another name")
+    if meta is not None and meta.get("status") == "complete":
+        log.info("%s/%s is complete, skipping", path, group)
+        return
+    lazy = sample_variables(ds)
+    if meta is None:
+        template = ds.copy()
+        for name in lazy:
+            template[name] = template[name].chunk({SAMPLE: rows})
+        template.attrs = {}
+        template.to_zarr(str(path), group=group, mode="w", compute=False, encoding=zarr_encoding(ds, rows),
+                         consolidated=False, zarr_format=3)
+        root = _root(path, mode="r+")
+        root.create_array(_progress_key(group), shape=(n_blocks,), chunks=(1,), dtype=bool, fill_value=False, overwrite=True,
+                          attributes={"group": group})
+        root[group].attrs["relaylab"] = {"kind": kind, "status": "writing", "fingerprint": stamp, "blocks": n_blocks,
+                                         "block_rows": rows, **(attrs or {})}
+    done = root[_progress_key(group)]
+    todo = [b for b in np.flatnonzero(~done[:]).tolist()]
+    arrays = {name: root[f"{group}/{name}"] for name in lazy}
+    with tqdm(total=n, initial=n - sum(min(rows, n - b * rows) for b in todo), unit="sample", desc=group,
+              disable=not progress, leave=False) as bar:
+        for b, block in _prefetch(ds[lazy], todo, rows, n):
+            sl = slice(b * rows, min(n, (b + 1) * rows))
+            problems = check(block, sl) if check else []
+            if problems:
+                raise RelaylabError(problems)
+            for name in lazy:
+                arrays[name][sl] = block[name].values
+            done[b] = True
+            bar.update(sl.stop - sl.start)
+    meta = group_meta(root, group)
+    root[group].attrs["relaylab"] = {**meta, "status": "complete"}
+    del root[_progress_key(group)]
+
+
+def update_group_meta(path: str | Path, group: str, **changes) -> None:
+    root = _root(path, mode="r+")
+    root[group].attrs["relaylab"] = {**group_meta(root, group), **changes}
+
+
+def _prefetch(ds: xr.Dataset, blocks: list[int], rows: int, n: int) -> Iterator[tuple[int, xr.Dataset]]:
+    """Read block i+1 from the source while block i is compressed and written."""
+    def load(b: int) -> xr.Dataset:
+        return ds.isel({SAMPLE: slice(b * rows, min(n, (b + 1) * rows))}).load()
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(load, blocks[0]) if blocks else None
+        for i, b in enumerate(blocks):
+            block = pending.result()
+            pending = pool.submit(load, blocks[i + 1]) if i + 1 < len(blocks) else None
+            yield b, block
+
+
+def require_complete(path: str | Path, group: str, meta: dict | None) -> None:
+    if meta is None:
+        raise RelaylabError.at(path, group, f"a group '{group}'", "it is missing")
+    if meta.get("status") != "complete":
+        try:
+            done = int(_root(path)[_progress_key(group)][:].sum())
+        except KeyError:
+            done = 0
+        raise IncompleteStoreError(Problem(
+            str(path), group, "a completely written group",
+            f"status '{meta.get('status')}', {done} of {meta.get('blocks', '?')} blocks written by a job that did not finish; "
+            "run the same command again to resume it"))
+
+
+def open_group(path: str | Path, group: str, *, chunks: str | dict | None = "blocks") -> xr.Dataset:
+    """A complete group as a lazy Dataset: Dask chunks of one write block (shard) by default, or `chunks=None`
+    for plain lazy arrays that read single samples cheaply (the viewer's access pattern)."""
+    root = _root(path)
+    meta = group_meta(root, group)
+    require_complete(path, group, meta)
+    if chunks == "blocks":
+        chunks = {SAMPLE: meta["block_rows"]} if "block_rows" in meta else {}
+    ds = xr.open_zarr(str(path), group=group, consolidated=False, chunks=chunks, zarr_format=3)
+    ds.attrs = {**ds.attrs, **{k: v for k, v in meta.items() if k not in ("status", "fingerprint", "blocks", "block_rows")}}
+    ds.attrs.pop("relaylab", None)
+    return ds
+
+
+def unfinished_groups(path: str | Path) -> list[str]:
+    """Groups a killed job left in status 'writing' (their `_progress` arrays are still there)."""
+    root = _root(path)
+    if PROGRESS not in root:
+        return []
+    return sorted(array.attrs["group"] for _, array in root[PROGRESS].arrays())
+
+
+def open_tree(path: str | Path, group: str) -> xr.DataTree:
+    """A complete group of groups (e.g. an activation set, one child per layer) as a lazy DataTree."""
+    require_complete(path, group, group_meta(_root(path), group))
+    tree = xr.open_datatree(str(path), engine="zarr", group=group, chunks={}, consolidated=False, zarr_format=3)
+    for node in tree.subtree:
+        node.attrs.pop("relaylab", None)
+    return tree
+
+
+def list_groups(path: str | Path, parent: str) -> list[str]:
+    root = _root(path)
+    if parent not in root:
+        return []
+    return sorted(name for name, _ in root[parent].groups())
+
+
+# ------------------------------------------------------------------------------------------------------- analyses
+
+
+def write_analysis(path: str | Path, name: str, tree: xr.DataTree, *, attrs: dict | None = None,
+                   progress: bool = True) -> None:
+    """Write an analysis category by category; finished categories are kept when a killed write is resumed."""
+    group = f"analyses/{name}"
+    root = _root(path, mode="r+")
+    if group not in root:
+        root.create_group(group, attributes={"relaylab": {"kind": "analysis", "status": "writing", **(attrs or {})}})
+    categories = list(tree.children)
+    for category in tqdm(categories, desc=group, unit="category", disable=not progress, leave=False):
+        cat_group = f"{group}/{category}"
+        meta = group_meta(root, cat_group)
+        if meta is not None and meta.get("status") == "complete":
+            continue
+        for node in tree[category].subtree:
+            node_ds = node.to_dataset(inherit=False)
+            node_ds.attrs = {k: v for k, v in node_ds.attrs.items() if k != "source_file"}
+            relative = node.relative_to(tree[category])
+            node_group = cat_group if relative == "." else f"{cat_group}/{relative}"
+            node_ds.to_zarr(str(path), group=node_group, mode="w", consolidated=False, zarr_format=3)
+        root = _root(path, mode="r+")
+        root[cat_group].attrs["relaylab"] = {"kind": "category", "status": "complete"}
+    meta = group_meta(root, group)
+    root[group].attrs["relaylab"] = {**meta, "status": "complete"}
+
+
+def open_analysis(path: str | Path, name: str) -> xr.DataTree:
+    group = f"analyses/{name}"
+    root = _root(path)
+    require_complete(path, group, group_meta(root, group))
+    tree = xr.open_datatree(str(path), engine="zarr", group=group, chunks={}, consolidated=False, zarr_format=3)
+    for node in tree.subtree:
+        meta = node.attrs.pop("relaylab", None)
+        if node is not tree and node.parent is tree:
+            require_complete(path, f"{group}/{node.name}", meta)
+        if "index" in node.data_vars:
+            node.dataset = node.dataset.set_coords("index")
+        if "eigenvalue" in node.data_vars:
+            node.dataset = node.dataset.set_coords("eigenvalue")
+    return tree
+
+
+def remove(path: str | Path) -> None:
+    """Delete an output this run created (used when bad input is found part-way, so nothing half-written remains)."""
+    shutil.rmtree(path, ignore_errors=True)

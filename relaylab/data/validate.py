@@ -1,0 +1,196 @@
+"""`validate`: every problem of a project at once, each with its file, the path inside it, and what was expected."""
+
+from __future__ import annotations
+
+import json
+import math
+from importlib.resources import files
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+from tqdm.auto import tqdm
+
+from ..errors import Problem, RelaylabError
+from . import store as zstore
+from .convert import analysis_index_problems, label_problems, nonfinite_problems, source_file
+from .hdf5 import SAMPLE, open_h5, analysis_problems
+from .labels import label_map_problems, read_label_map_json
+from .project import (Project, attribution_blocks, open_project, project_file_problems, read_project_yaml)
+
+
+def validate(path: str | Path, *, progress: bool = True) -> list[Problem]:
+    path = Path(path)
+    if zstore.is_store(path):
+        return store_problems(path, progress=progress)
+    if not path.is_file():
+        return [Problem(str(path), "", "a project YAML file or a relaylab Zarr store", "no such file" if not path.exists() else "a folder")]
+    try:
+        data = read_project_yaml(path)
+    except RelaylabError as error:
+        return error.problems
+    problems = project_file_problems(data, str(path))
+    if problems:
+        return problems  # the keys the file checks below rely on are wrong: report those first
+    problems = yaml_file_problems(data["project"], path.parent)
+    if problems:
+        return problems
+    return opened_problems(path, progress)
+
+
+def yaml_file_problems(spec: dict, folder: Path) -> list[Problem]:
+    """Problems of each referenced file on its own (so all of them are listed, not just the first)."""
+    problems: list[Problem] = []
+    label_map_path = folder / spec["label_map"]
+    try:
+        problems += label_map_problems(read_label_map_json(label_map_path), str(label_map_path))
+    except RelaylabError as error:
+        problems += error.problems
+    dataset = spec["dataset"]
+    if dataset["type"] == "image_directory" and not problems:
+        from .imagedir import image_directory_problems
+        from .labels import load_label_map
+
+        keys = ("label_index_regex", "label_word_net_id_regex", "input_width", "input_height",
+                "down_sampling_method", "up_sampling_method")
+        problems += image_directory_problems(folder / dataset["path"], label_map=load_label_map(label_map_path),
+                                             **{k: dataset.get(k) for k in keys})
+    elif dataset["type"] == "hdf5":
+        problems += h5_file_problems(folder / dataset["path"], ("data", "label"))
+    for block in attribution_blocks(spec):
+        for source in block["sources"]:
+            problems += h5_file_problems(folder / source, ("attribution", "prediction", "label"))
+    for block in spec.get("analyses") or []:
+        for source in block["sources"]:
+            try:
+                with open_h5(folder / source) as h5:
+                    problems += analysis_problems(h5, str(folder / source))
+            except RelaylabError as error:
+                problems += error.problems
+    return problems
+
+
+def h5_file_problems(path: Path, required: tuple[str, ...]) -> list[Problem]:
+    try:
+        with open_h5(path) as h5:
+            return [Problem(str(path), f"/{name}", f"a '{name}' array or group", "it is missing") for name in required if name not in h5]
+    except RelaylabError as error:
+        return error.problems
+
+
+def opened_problems(path: Path, progress: bool) -> list[Problem]:
+    try:
+        project = open_project(path)
+    except RelaylabError as error:
+        return error.problems
+    with project:
+        return content_problems(project, progress)
+
+
+def content_problems(project: Project, progress: bool) -> list[Problem]:
+    """Checks that read the arrays: labels within the label map, finite attributions, analysis indices in range."""
+    problems = label_problems(project.inputs["label"], project.label_map, source_file(project.inputs, "input"), "/label")
+    n = project.inputs.sizes[SAMPLE]
+    for name, attributions in project.attributions.items():
+        file = source_file(attributions, "attribution")
+        problems += label_problems(attributions["label"], project.label_map, file, "/label")
+        problems += blockwise(attributions["attribution"], lambda block: nonfinite_problems(block, file, "/attribution"),
+                              f"attributions/{name}", progress)
+    for name, tree in project.analyses.items():
+        problems += analysis_index_problems(tree, n)
+        problems += cluster_problems(tree)
+        if project.attributions:
+            problems += missing_attribution_problems(tree, project)
+    return problems
+
+
+def blockwise(values: xr.DataArray, check, desc: str, progress: bool) -> list[Problem]:
+    """Run `check` over sample blocks (the Dask chunks), so a huge array is never in memory at once."""
+    rows = values.chunks[0] if values.chunks else (values.shape[0],)
+    problems, start = [], 0
+    for size in tqdm(rows, desc=desc, unit="block", disable=not progress, leave=False):
+        problems += check(values.isel({SAMPLE: slice(start, start + size)}))
+        start += size
+    return merge_counts(problems)
+
+
+def merge_counts(problems: list[Problem]) -> list[Problem]:
+    """One problem per place and expectation; block-by-block findings are summarised into the first."""
+    merged: dict[tuple, Problem] = {}
+    for p in problems:
+        merged.setdefault((p.file, p.path, p.expected), p)
+    return list(merged.values())
+
+
+def cluster_problems(tree: xr.DataTree) -> list[Problem]:
+    problems = []
+    for category, node in tree.children.items():
+        file = node.attrs.get("source_file", "")
+        if "cluster" in node.children:
+            for name, values in node["cluster"].dataset.data_vars.items():
+                v = np.asarray(values.values)
+                if not np.issubdtype(v.dtype, np.integer):
+                    problems.append(Problem(file, f"/{category}/cluster/{name}", "integer cluster labels", f"dtype {v.dtype}"))
+                elif v.size and v.min() < -1:
+                    problems.append(Problem(file, f"/{category}/cluster/{name}", "cluster labels >= -1 (-1 is noise)", f"minimum {v.min()}"))
+        if "embedding" in node.children:
+            for name, emb in node["embedding"].children.items():
+                values = np.asarray(emb["embedding"].values)
+                if not np.isfinite(values).all():
+                    problems.append(Problem(file, f"/{category}/embedding/{name}", "finite embedding coordinates",
+                                            f"{int((~np.isfinite(values)).any(axis=1).sum())} rows with NaN/inf"))
+    return problems
+
+
+def missing_attribution_problems(tree: xr.DataTree, project: Project) -> list[Problem]:
+    """ViRelAy shows each analysed sample's heatmap: every analysed index needs an attribution."""
+    available = set()
+    for attributions in project.attributions.values():
+        available |= set(attributions[SAMPLE].values.tolist())
+    problems = []
+    for category, node in tree.children.items():
+        index = np.asarray(node["index"].values)
+        missing = np.setdiff1d(index, np.fromiter(available, dtype=np.int64, count=len(available)))
+        if missing.size:
+            problems.append(Problem(node.attrs.get("source_file", ""), f"/{category}/index",
+                                    "indices of samples that have attributions", f"{missing.size} without, e.g. {missing[:5].tolist()}"))
+    return problems
+
+
+def store_schema() -> dict:
+    return json.loads(files("relaylab.schemas").joinpath("store.schema.json").read_text())
+
+
+def store_problems(path: Path, progress: bool) -> list[Problem]:
+    import jsonschema
+
+    try:
+        meta = zstore.store_metadata(path)
+    except RelaylabError as error:
+        return error.problems
+    problems = [
+        Problem(str(path), "zarr.json#attributes.relaylab." + ".".join(map(str, e.absolute_path)), e.message)
+        for e in jsonschema.Draft202012Validator(store_schema()).iter_errors(meta)
+    ]
+    for group in zstore.unfinished_groups(path):
+        problems.append(Problem(str(path), group, "a completely written group",
+                                "left unfinished by a job that did not complete; run the same command again to resume it"))
+    if problems:
+        return problems
+    return opened_problems(path, progress)
+
+
+def projects_problems(paths: list[Path], progress: bool = True) -> list[Problem]:
+    """Problems of several projects served together, including names that collide."""
+    problems: list[Problem] = []
+    names: dict[str, Path] = {}
+    for path in paths:
+        problems += validate(path, progress=progress)
+        try:
+            with open_project(path) as project:
+                if project.name in names:
+                    problems.append(Problem(str(path), "project.name", f"a name not already used by {names[project.name]}", repr(project.name)))
+                names.setdefault(project.name, path)
+        except RelaylabError:
+            pass  # already reported by validate
+    return problems
