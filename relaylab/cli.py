@@ -54,6 +54,15 @@ def cmd_info(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_synthetic(args: argparse.Namespace) -> int:
+    from .data.synthetic import Variant, write_virelay_project
+
+    variant = Variant(n_samples=args.samples, n_classes=args.classes, height=args.size, width=args.size,
+                      layout=args.layout, attribution_files=args.attribution_files, seed=args.seed)
+    print(f"wrote {write_virelay_project(args.out, variant, name=args.name)}")
+    return EXIT_OK
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="relaylab", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     top.add_argument("-v", "--verbose", action="store_true", help="log what relaylab does (INFO level)")
@@ -88,6 +97,22 @@ def parser() -> argparse.ArgumentParser:
     convert.add_argument("--allow-nonfinite", action="store_true", help="copy attributions holding NaN/inf instead of stopping")
     convert.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     convert.set_defaults(run=cmd_convert)
+
+    synthetic = commands.add_parser(
+        "synthetic", help="write a small synthetic project in ViRelAy's formats",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Write a synthetic ViRelAy project into OUT (project.yaml, label-map.json, dataset, attribution\n"
+                    "and analysis HDF5 files): class-dependent images, plausible attributions, one analysis category\n"
+                    "per class. For trying relaylab's data layer, and for tests and benchmarks.")
+    synthetic.add_argument("out", type=Path, metavar="OUT")
+    synthetic.add_argument("--name", default="synthetic", help="project name (default: synthetic)")
+    synthetic.add_argument("--samples", type=int, default=300, help="number of samples (default: 300)")
+    synthetic.add_argument("--classes", type=int, default=3, help="number of classes (default: 3)")
+    synthetic.add_argument("--size", type=int, default=32, help="image height and width (default: 32)")
+    synthetic.add_argument("--layout", choices=("chw", "hwc"), default="chw", help="array layout in the HDF5 files")
+    synthetic.add_argument("--attribution-files", type=int, default=2, help="split the attributions over this many files, each with an index")
+    synthetic.add_argument("--seed", type=int, default=0)
+    synthetic.set_defaults(run=cmd_synthetic)
 
     info = commands.add_parser("info", help="summarise projects: dataset, classes, attribution sets, analyses",
                                description="Print what each PROJECT holds. Reads metadata only.")

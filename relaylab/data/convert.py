@@ -66,19 +66,18 @@ def convert_to_zarr(project_path: str | os.PathLike, out: str | os.PathLike, *, 
     it started, so no half-written output is left.
     """
     out = Path(out)
-    project = open_project(project_path)
-    fresh = not zstore.is_store(out)
-    try:
-        with project:
-            zstore.create_store(
-                out, project={"name": project.name, "model": project.model, "description": project.metadata.get("description", "")},
-                dataset={"name": project.dataset_name}, label_map=project.label_map, source=str(Path(project_path).resolve()),
-            )
+    resuming = zstore.is_store(out)
+    with open_project(project_path) as project:
+        zstore.create_store(  # refuses foreign or finished outputs before touching them
+            out, project={"name": project.name, "model": project.model, "description": project.metadata.get("description", "")},
+            dataset={"name": project.dataset_name}, label_map=project.label_map, source=str(Path(project_path).resolve()),
+        )
+        try:
             write_project(project, out, allow_nonfinite=allow_nonfinite, progress=progress)
-    except RelaylabError:
-        if fresh:
-            zstore.remove(out)
-        raise
+        except RelaylabError:
+            if not resuming:
+                zstore.remove(out)
+            raise
     return out
 
 

@@ -1,0 +1,213 @@
+"""relaylab's Zarr store: layout, round trips, resumable writes, and refusing half-written stores."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import h5py
+import numpy as np
+import pytest
+import xarray as xr
+import zarr
+
+from relaylab.data import store as zstore
+from relaylab.data.convert import convert_to_virelay, convert_to_zarr
+from relaylab.data.project import open_project
+from relaylab.errors import IncompleteStoreError, RelaylabError
+
+from .conftest import run_cli
+
+
+def assert_projects_equal(a, b):
+    """Every value of two projects, compared in the canonical form."""
+    np.testing.assert_array_equal(a.inputs["input"].values, b.inputs["input"].values)
+    np.testing.assert_array_equal(a.inputs["label"].values, b.inputs["label"].values)
+    assert sorted(a.attributions) == sorted(b.attributions)
+    for name in a.attributions:
+        x, y = a.attributions[name].sortby("sample"), b.attributions[name].sortby("sample")
+        for var in ("sample", "attribution", "prediction", "label"):
+            np.testing.assert_array_equal(x[var].values, y[var].values)
+    assert sorted(a.analyses) == sorted(b.analyses)
+    for name in a.analyses:
+        ta, tb = a.analyses[name], b.analyses[name]
+        assert sorted(ta.children) == sorted(tb.children)
+        for category in ta.children:
+            np.testing.assert_array_equal(ta[category]["index"].values, tb[category]["index"].values)
+            assert sorted(ta[category]["embedding"].children) == sorted(tb[category]["embedding"].children)
+            for emb in ta[category]["embedding"].children:
+                ea, eb = ta[category][f"embedding/{emb}"], tb[category][f"embedding/{emb}"]
+                np.testing.assert_array_equal(ea["embedding"].values, eb["embedding"].values)
+                if "eigenvalue" in ea.coords:
+                    np.testing.assert_allclose(ea["eigenvalue"].values, eb["eigenvalue"].values, rtol=1e-6)
+            ca, cb = ta[category]["cluster"].dataset, tb[category]["cluster"].dataset
+            assert sorted(ca.data_vars) == sorted(cb.data_vars)
+            for var in ca.data_vars:
+                np.testing.assert_array_equal(ca[var].values, cb[var].values)
+
+
+@pytest.mark.parametrize("fields", [dict(layout="hwc", attribution_files=2, analysis_files=2),
+                                    dict(multi_label=True, dtype="float11", data_as_group=True)],
+                         ids=["hwc-split", "multilabel-float-group"])
+def test_hdf5_to_zarr_to_hdf5_round_trip_preserves_every_value(make_project, tmp_path, fields):
+    path = make_project(**fields)
+    convert_to_zarr(path, tmp_path / "p.zarr", progress=False)
+    convert_to_virelay(tmp_path / "p.zarr", tmp_path / "back", progress=False)
+    with open_project(path) as original, open_project(tmp_path / "p.zarr") as stored, \
+            open_project(tmp_path / "back" / "project.yaml") as back:
+        assert_projects_equal(original, stored)
+        assert_projects_equal(original, back)
+        assert stored.name == original.name and stored.model == original.model
+        assert stored.dataset_name == original.dataset_name
+        expected_range = [-1.0, 1.0] if fields.get("dtype") == "float11" else [0.0, 255.0]
+        assert stored.inputs.attrs["value_range"] == expected_range
+        np.testing.assert_array_equal(stored.label_map["name"].values, original.label_map["name"].values)
+
+
+def test_store_layout_dimension_names_chunks_and_compression(make_project, tmp_path, monkeypatch):
+    monkeypatch.setattr(zstore, "SHARD_BYTES", 42 * 3 * 16 * 16 * 4)  # 42 float samples (2 inner chunks) per shard
+    path = make_project(n_samples=100)
+    convert_to_zarr(path, tmp_path / "p.zarr", progress=False)
+    root = zarr.open_group(tmp_path / "p.zarr", mode="r")
+    attribution = root["attributions/lrp_epsilon_plus/attribution"]
+    assert attribution.metadata.dimension_names == ("sample", "channel", "y", "x")
+    assert attribution.shards == (42, 3, 16, 16)
+    assert attribution.chunks[0] * 3 * 16 * 16 * 4 <= zstore.INNER_CHUNK_BYTES  # a viewer read touches few samples
+    assert attribution.compressors and "zstd" in str(attribution.compressors[0])
+    assert root["inputs/input"].metadata.dimension_names == ("sample", "channel", "y", "x")
+    assert root["analyses/spectral_analysis/n00000000/embedding/spectral/embedding"].metadata.dimension_names == ("member", "component")
+    assert root.attrs["relaylab"]["status"] == "complete" and "_progress" not in root or not list(root["_progress"].arrays())
+    with open_project(tmp_path / "p.zarr") as project:
+        assert project.attributions["lrp_epsilon_plus"]["attribution"].data.chunks[0] == (42, 42, 16)
+        single = zstore.open_group(tmp_path / "p.zarr", "inputs", chunks=None)
+        np.testing.assert_array_equal(single["input"][17].values, project.inputs["input"][17].values)
+
+
+class Crash(Exception):
+    """Stands in for a process dying between two blocks."""
+
+
+def test_interrupted_write_resumes_without_redoing_finished_blocks(make_project, tmp_path, monkeypatch):
+    monkeypatch.setattr(zstore, "INNER_CHUNK_BYTES", 5 * 3 * 16 * 16)  # 5 uint8 samples per chunk,
+    monkeypatch.setattr(zstore, "SHARD_BYTES", 10 * 3 * 16 * 16)  # 10 per shard = per write block
+    path = make_project(n_samples=95)
+    with open_project(path) as project:
+        zstore.create_store(tmp_path / "p.zarr", project={"name": "p"}, dataset={"name": "d"},
+                            label_map=project.label_map, source="test")
+        seen = []
+
+        def crash_at_block_4(block, rows):
+            if rows.start == 40:
+                raise Crash
+            seen.append(rows.start)
+            return []
+
+        with pytest.raises(Crash):
+            zstore.write_dataset(tmp_path / "p.zarr", "inputs", project.inputs, kind="inputs", check=crash_at_block_4, progress=False)
+        assert seen == [0, 10, 20, 30]
+        with pytest.raises(IncompleteStoreError, match="4 of 10 blocks"):
+            zstore.open_group(tmp_path / "p.zarr", "inputs")
+        assert zstore.unfinished_groups(tmp_path / "p.zarr") == ["inputs"]
+
+        resumed = []
+        zstore.write_dataset(tmp_path / "p.zarr", "inputs", project.inputs, kind="inputs",
+                             check=lambda block, rows: resumed.append(rows.start) or [], progress=False)
+        assert resumed == [40, 50, 60, 70, 80, 90]
+        stored = zstore.open_group(tmp_path / "p.zarr", "inputs")
+        np.testing.assert_array_equal(stored["input"].values, project.inputs["input"].values)
+        np.testing.assert_array_equal(stored["label"].values, project.inputs["label"].values)
+        assert zstore.unfinished_groups(tmp_path / "p.zarr") == []
+
+
+def test_resuming_with_different_data_is_refused(make_project, tmp_path):
+    first, second = make_project(n_samples=30), make_project(n_samples=31)
+    with open_project(first) as a, open_project(second) as b:
+        zstore.create_store(tmp_path / "p.zarr", project={"name": "p"}, dataset={"name": "d"}, label_map=a.label_map, source="x")
+        zstore.write_dataset(tmp_path / "p.zarr", "inputs", a.inputs, kind="inputs", progress=False)
+        with pytest.raises(RelaylabError, match="inputs: expected a group written from the same source data"):
+            zstore.write_dataset(tmp_path / "p.zarr", "inputs", b.inputs, kind="inputs", progress=False)
+
+
+KILLABLE = textwrap.dedent("""
+    import sys, time
+    from relaylab.data import store
+    store.INNER_CHUNK_BYTES = 4 * 3 * 32 * 32 * 4     # small chunks and shards, so the conversion has many blocks
+    store.SHARD_BYTES = 8 * 3 * 32 * 32 * 4
+    original = store._prefetch
+    def slow(*args):                                  # slow enough that the kill lands part-way
+        for item in original(*args):
+            time.sleep(0.05)
+            yield item
+    store._prefetch = slow
+    from relaylab.cli import main
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+def test_killed_conversion_is_reported_then_resumed_by_the_same_command(make_project, tmp_path):
+    path = make_project(n_samples=400, height=32, width=32)
+    script = tmp_path / "convert.py"
+    script.write_text(KILLABLE)
+    out = tmp_path / "p.zarr"
+    child = subprocess.Popen([sys.executable, script, "convert", "-q", path, out])
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        progress = out / "_progress"
+        if progress.exists() and sum(1 for _ in progress.rglob("c/*")) >= 3:
+            break
+        time.sleep(0.02)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+
+    with pytest.raises(IncompleteStoreError, match="run the same command again"):
+        open_project(out)
+    report = run_cli("validate", "-q", out)
+    assert report.returncode == 2 and "left unfinished" in report.stdout and "Traceback" not in report.stderr
+    info = run_cli("info", out)
+    assert info.returncode == 2 and "status 'writing'" in info.stderr and "Traceback" not in info.stderr
+
+    resumed = subprocess.run([sys.executable, script, "convert", "-q", path, out], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    reference = tmp_path / "reference.zarr"
+    assert subprocess.run([sys.executable, script, "convert", "-q", path, reference]).returncode == 0
+    with open_project(out) as resumed_project, open_project(reference) as uninterrupted, open_project(path) as source:
+        assert_projects_equal(resumed_project, uninterrupted)
+        assert_projects_equal(resumed_project, source)
+    chunk = "attributions/lrp_epsilon_plus/attribution/c/0/0/0/0"
+    assert (out / chunk).read_bytes() == (reference / chunk).read_bytes()
+
+
+def test_convert_refuses_an_existing_complete_store_and_foreign_folders(make_project, tmp_path):
+    path = make_project()
+    convert_to_zarr(path, tmp_path / "p.zarr", progress=False)
+    with pytest.raises(RelaylabError, match="a complete store already exists"):
+        convert_to_zarr(path, tmp_path / "p.zarr", progress=False)
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    with pytest.raises(RelaylabError, match="non-empty folder that is not a relaylab store"):
+        convert_to_zarr(path, tmp_path / "busy", progress=False)
+    assert (tmp_path / "busy" / "notes.txt").read_text() == "mine"
+
+
+def test_zarr_group_that_relaylab_did_not_write_is_refused(tmp_path):
+    zarr.open_group(tmp_path / "other.zarr", mode="w", zarr_format=3)
+    with pytest.raises(RelaylabError, match="a Zarr group that relaylab did not write"):
+        open_project(tmp_path / "other.zarr")
+
+
+def test_virelay_export_is_atomic(make_project, tmp_path, monkeypatch):
+    path = make_project()
+    from relaylab.data import convert
+
+    def fail(*args, **kwargs):
+        raise Crash
+
+    monkeypatch.setattr(convert, "write_virelay_analysis", fail)
+    with pytest.raises(Crash):
+        convert_to_virelay(path, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")] == []
