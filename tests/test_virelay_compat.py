@@ -46,7 +46,7 @@ LOAD_WITH_VIRELAY = textwrap.dedent("""
                     except LookupError:
                         continue
                     report["analyses"][f"{method}/{category.name}/{embedding}/{clustering}"] = {
-                        "human": category.human_readable_category_name,
+                        "human": category.human_readable_name,
                         "embedding": analysis.embedding.tolist(), "clustering": analysis.clustering.tolist(),
                         "index": analysis.attribution_indices.tolist(),
                         "eigenvalues": None if analysis.eigenvalues is None else analysis.eigenvalues.tolist()}

@@ -154,6 +154,8 @@ def project_file_problems(data: object, file: str) -> list[Problem]:
     validator = jsonschema.Draft202012Validator(project_schema())
     problems = []
     for error in sorted(validator.iter_errors(data), key=lambda e: list(map(str, e.absolute_path))):
+        while error.context:  # a oneOf/anyOf failure: report the alternative that came closest, at its own key
+            error = jsonschema.exceptions.best_match(error.context)
         key = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in error.absolute_path).replace(".[", "[")
         problems.append(Problem(file, key, schema_expectation(error), short_repr(error.instance)))
     return problems
