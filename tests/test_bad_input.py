@@ -4,7 +4,6 @@ CLI; and no half-written output."""
 from __future__ import annotations
 
 import json
-import os
 
 import h5py
 import numpy as np

@@ -93,12 +93,10 @@ def test_opening_reads_no_array_data(make_project, monkeypatch):
     monkeypatch.setattr(hdf5.H5Array, "_read_file", lambda self, key: reads.append(self.name) or original(self, key))
     path = make_project(attribution_files=2, analysis_files=2, data_as_group=True)
     with open_project(path) as project:
-        for tree in project.analyses.values():
-            for node in tree.subtree:
-                node.dataset.sizes  # metadata only
-        assert reads == []
-        project.inputs["input"][3].values
-        assert reads == ["data"]
+        sizes = [dict(node.dataset.sizes) for tree in project.analyses.values() for node in tree.subtree]
+        assert reads == [] and {"member": 20} in sizes
+        sample = project.inputs["input"][3].values
+        assert reads == ["data"] and sample.shape == (3, 16, 16)
 
 
 def test_arrays_pickle_and_compute_on_a_dask_cluster(make_project):

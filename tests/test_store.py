@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
 import textwrap
 import time
 
-import h5py
 import numpy as np
 import pytest
-import xarray as xr
 import zarr
 
 from relaylab.data import store as zstore
@@ -211,3 +208,13 @@ def test_virelay_export_is_atomic(make_project, tmp_path, monkeypatch):
         convert_to_virelay(path, tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")] == []
+
+
+def test_validate_checks_group_metadata_against_its_schema(make_project, tmp_path):
+    path = make_project()
+    convert_to_zarr(path, tmp_path / "p.zarr", progress=False)
+    group = zarr.open_group(tmp_path / "p.zarr", mode="r+")["attributions/lrp_epsilon_plus"]
+    group.attrs["relaylab"] = {**group.attrs["relaylab"], "blocks": 0}
+    report = run_cli("validate", "-q", tmp_path / "p.zarr")
+    assert report.returncode == 2
+    assert "attributions/lrp_epsilon_plus/zarr.json#attributes.relaylab.blocks: expected 0 is less than the minimum of 1" in report.stdout

@@ -33,7 +33,7 @@ def label_problems(labels: xr.DataArray, label_map: xr.Dataset, file: str, path:
         hot = np.flatnonzero(np.asarray(labels.values, dtype=bool).any(axis=0))
         unknown = np.setdiff1d(hot, classes)
         if unknown.size:
-            return [Problem(file, path, f"n-hot columns that are classes of the label map", f"columns {unknown[:5].tolist()} set")]
+            return [Problem(file, path, "n-hot columns that are classes of the label map", f"columns {unknown[:5].tolist()} set")]
         return []
     values = np.asarray(labels.values)
     bad = ~np.isin(values, classes)

@@ -201,7 +201,7 @@ def open_yaml_project(path: Path) -> Project:
         inputs = open_inputs(spec["dataset"], folder, label_map, str(path))
         opened.append(inputs)
         attributions = {}
-        for i, block in enumerate(attribution_blocks(spec)):
+        for block in attribution_blocks(spec):
             name = attribution_set_name(block)
             attributions[name] = open_attribution_set(block, folder, inputs, label_map, spec.get("model", ""), f"{path}")
             opened.append(attributions[name])

@@ -273,6 +273,16 @@ def open_tree(path: str | Path, group: str) -> xr.DataTree:
     return tree
 
 
+def group_metas(path: str | Path) -> dict[str, dict]:
+    """attributes.relaylab of every group relaylab wrote, keyed by group path."""
+    metas = {}
+    for name, member in _root(path).members(max_depth=None):
+        meta = member.attrs.get("relaylab") if isinstance(member, zarr.Group) else None
+        if isinstance(meta, dict):
+            metas[name] = dict(meta)
+    return metas
+
+
 def list_groups(path: str | Path, parent: str) -> list[str]:
     root = _root(path)
     if parent not in root:

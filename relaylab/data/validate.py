@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from importlib.resources import files
 from pathlib import Path
 
@@ -94,9 +93,9 @@ def content_problems(project: Project, progress: bool) -> list[Problem]:
     for name, attributions in project.attributions.items():
         file = source_file(attributions, "attribution")
         problems += label_problems(attributions["label"], project.label_map, file, "/label")
-        problems += blockwise(attributions["attribution"], lambda block: nonfinite_problems(block, file, "/attribution"),
+        problems += blockwise(attributions["attribution"], lambda block, file=file: nonfinite_problems(block, file, "/attribution"),
                               f"attributions/{name}", progress)
-    for name, tree in project.analyses.items():
+    for tree in project.analyses.values():
         problems += analysis_index_problems(tree, n)
         problems += cluster_problems(tree)
         if project.attributions:
@@ -172,12 +171,26 @@ def store_problems(path: Path, progress: bool) -> list[Problem]:
         Problem(str(path), "zarr.json#attributes.relaylab." + ".".join(map(str, e.absolute_path)), e.message)
         for e in jsonschema.Draft202012Validator(store_schema()).iter_errors(meta)
     ]
+    problems += group_meta_problems(path)
     for group in zstore.unfinished_groups(path):
         problems.append(Problem(str(path), group, "a completely written group",
                                 "left unfinished by a job that did not complete; run the same command again to resume it"))
     if problems:
         return problems
     return opened_problems(path, progress)
+
+
+def group_meta_problems(path: Path) -> list[Problem]:
+    """Each relaylab group's attributes.relaylab against group.schema.json."""
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(json.loads(files("relaylab.schemas").joinpath("group.schema.json").read_text()))
+    problems = []
+    for group, meta in zstore.group_metas(path).items():
+        for error in validator.iter_errors(meta):
+            key = ".".join(map(str, error.absolute_path))
+            problems.append(Problem(str(path), f"{group}/zarr.json#attributes.relaylab{'.' + key if key else ''}", error.message))
+    return problems
 
 
 def projects_problems(paths: list[Path], progress: bool = True) -> list[Problem]:
