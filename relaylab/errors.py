@@ -28,6 +28,10 @@ class RelaylabError(Exception):
         self.problems = [problems] if isinstance(problems, Problem) else list(problems)
         super().__init__("\n".join(str(p) for p in self.problems))
 
+    def __reduce__(self):
+        """Pickle by problems, so an error raised on a Dask worker arrives whole."""
+        return type(self), (self.problems,)
+
     @classmethod
     def at(cls, file: str | Path, path: str, expected: str, found: str = "") -> "RelaylabError":
         return cls(Problem(str(file), path, expected, found))

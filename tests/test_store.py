@@ -218,3 +218,23 @@ def test_validate_checks_group_metadata_against_its_schema(make_project, tmp_pat
     report = run_cli("validate", "-q", tmp_path / "p.zarr")
     assert report.returncode == 2
     assert "attributions/lrp_epsilon_plus/zarr.json#attributes.relaylab.blocks: expected 0 is less than the minimum of 1" in report.stdout
+
+
+def test_errors_pickle_whole_for_dask_workers():
+    import pickle
+
+    error = RelaylabError.at("a.h5", "/label", "integer labels", "floats")
+    clone = pickle.loads(pickle.dumps(error))
+    assert clone.problems == error.problems and str(clone) == "a.h5:/label: expected integer labels (found floats)"
+    incomplete = pickle.loads(pickle.dumps(IncompleteStoreError(error.problems)))
+    assert isinstance(incomplete, IncompleteStoreError) and incomplete.problems == error.problems
+
+
+def test_resuming_with_differently_made_data_is_refused(make_project, tmp_path):
+    path = make_project(n_samples=30)
+    with open_project(path) as project:
+        zstore.create_store(tmp_path / "p.zarr", project={"name": "p"}, dataset={"name": "d"}, label_map=project.label_map, source="x")
+        zstore.write_dataset(tmp_path / "p.zarr", "inputs", project.inputs, kind="inputs", progress=False)
+        resampled = project.inputs.assign_attrs(sampling={"up": "mirror_edge", "down": "resize"})
+        with pytest.raises(RelaylabError, match="from the same source data"):
+            zstore.write_dataset(tmp_path / "p.zarr", "inputs", resampled, kind="inputs", progress=False)

@@ -139,11 +139,12 @@ def zarr_encoding(ds: xr.Dataset, rows: int) -> dict:
 
 
 def fingerprint(ds: xr.Dataset, rows: int) -> str:
-    """What a resumed write must match: variables, shapes, dtypes, block size and the source of the data."""
+    """What a resumed write must match: variables, shapes, dtypes, block size, and the attributes that say where
+    the data came from and how it was made (source files, sampling methods, provenance)."""
     description = {
         "rows": rows,
-        "source": [ds.attrs.get("source_file"), *(str(ds[n].attrs.get("source_file", "")) for n in ds.data_vars)],
-        "variables": {n: [list(v.dims), list(v.shape), str(v.dtype)] for n, v in ds.variables.items()},
+        "attrs": ds.attrs,  # source files, sampling methods, value range, provenance
+        "variables": {n: [list(v.dims), list(v.shape), str(v.dtype), v.attrs] for n, v in ds.variables.items()},
     }
     return hashlib.sha256(json.dumps(description, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
