@@ -171,4 +171,5 @@ def test_info_summarises_each_project(make_project):
     assert report.returncode == 0
     assert "project   alpha" in report.stdout and "project   beta" in report.stdout
     assert "60 samples, 3×16×16 uint8, single-label" in report.stdout and "multi-label" in report.stdout
-    assert report.stdout.count("attributions/lrp_epsilon_plus") == 2 and "analyses/spectral_analysis" in report.stdout
+    assert report.stdout.count("attributions/lrp_epsilon_plus  60 samples, method lrp_epsilon_plus, strategy true_label") == 2
+    assert "analyses/spectral_analysis  3 categories, 60 members; embeddings: spectral, tsne; clusterings: hdbscan, kmeans-02" in report.stdout

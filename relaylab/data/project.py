@@ -88,12 +88,17 @@ class Project:
             f"{'multi-label' if self.inputs['label'].ndim == 2 else 'single-label'}, value range {self.inputs.attrs.get('value_range')}",
             f"classes   {self.label_map.sizes[CLASS]}",
         ]
-        for name in self.attributions:
-            lines.append(f"attributions/{name}")
-        for name in self.activations:
-            lines.append(f"activations/{name}")
-        for name in self.analyses:
-            lines.append(f"analyses/{name}")
+        for name, ds in self.attributions.items():
+            lines.append(f"attributions/{name}  {ds.sizes[SAMPLE]} samples, method {ds.attrs.get('method') or '?'}, "
+                         f"strategy {ds.attrs.get('strategy') or '?'}")
+        for name, tree in self.activations.items():
+            lines.append(f"activations/{name}  layers: {', '.join(tree.children)}")
+        for name, tree in self.analyses.items():
+            embeddings = sorted({e for c in tree.children.values() if "embedding" in c.children for e in c["embedding"].children})
+            clusterings = sorted({k for c in tree.children.values() if "cluster" in c.children for k in c["cluster"].data_vars})
+            members = sum(c.sizes.get("member", 0) for c in tree.children.values())
+            lines.append(f"analyses/{name}  {len(tree.children)} categories, {members} members; "
+                         f"embeddings: {', '.join(embeddings)}; clusterings: {', '.join(clusterings)}")
         return "\n".join(lines)
 
 
