@@ -173,3 +173,35 @@ def test_info_summarises_each_project(make_project):
     assert "60 samples, 3×16×16 uint8, single-label" in report.stdout and "multi-label" in report.stdout
     assert report.stdout.count("attributions/lrp_epsilon_plus  60 samples, method lrp_epsilon_plus, strategy true_label") == 2
     assert "analyses/spectral_analysis  3 categories, 60 members; embeddings: spectral, tsne; clusterings: hdbscan, kmeans-02" in report.stdout
+
+
+VIEWER_STATE = {
+    "projectId": 0, "projectName": "synthetic", "modelName": "synthetic-cnn", "datasetName": "synthetic-data",
+    "selectedAnalysisMethod": "spectral_analysis", "selectedAnalysisCategory": "n00000001",
+    "selectedCategoryHumanReadableName": "class 1", "selectedEmbeddingName": "tsne", "selectedClustering": "kmeans-02",
+    "numberOfClusters": 2, "selectedColorMap": "black-fire-red", "selectedImageMode": "overlay",
+    "selectedEmbeddingVectorsIndices": [1, 4], "selectedEmbeddingVectorsClusters": [0, 1],
+    "allEmbeddingVectorsIndices": [1, 4, 7], "allEmbeddingVectorsClusters": [0, 1, -1],
+}
+
+
+def test_validate_reads_exported_viewer_states_and_label_maps(tmp_path):
+    good = tmp_path / "state.json"
+    good.write_text(json.dumps(VIEWER_STATE))
+    assert run_cli("validate", good).returncode == 0
+    bad = tmp_path / "bad-state.json"
+    bad.write_text(json.dumps({**VIEWER_STATE, "selectedEmbeddingVectorsIndices": ["1", 4]}))
+    report = run_cli("validate", bad)
+    assert report.returncode == 2 and f"{bad}:selectedEmbeddingVectorsIndices[0]: expected a value of type integer" in report.stdout
+    unpaired = tmp_path / "unpaired.json"
+    unpaired.write_text(json.dumps({**VIEWER_STATE, "allEmbeddingVectorsClusters": [0, 1]}))
+    report = run_cli("validate", unpaired)
+    assert "allEmbeddingVectorsClusters: expected one cluster per entry of allEmbeddingVectorsIndices (3) (found 2)" in report.stdout
+    label_map = tmp_path / "labels.json"
+    label_map.write_text(json.dumps([{"index": 0, "word_net_id": "n1", "name": "a"}, {"index": "1", "word_net_id": "n2", "name": "b"}]))
+    report = run_cli("validate", label_map)
+    assert report.returncode == 2 and f"{label_map}:[1].index: expected an integer (found '1')" in report.stdout
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    report = run_cli("validate", broken)
+    assert report.returncode == 2 and "expected valid JSON" in report.stdout and "Traceback" not in report.stderr

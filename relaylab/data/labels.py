@@ -25,11 +25,11 @@ def label_map_problems(entries: object, file: str) -> list[Problem]:
         if not isinstance(entry, dict):
             problems.append(Problem(file, where, "an object with index, word_net_id and name", type(entry).__name__))
             continue
-        for key, kind in (("index", int), ("word_net_id", str), ("name", str)):
+        for key, kind, described in (("index", int, "an integer"), ("word_net_id", str, "a string"), ("name", str, "a string")):
             if key not in entry:
                 problems.append(Problem(file, f"{where}.{key}", f"a key '{key}'", "it is missing"))
             elif not isinstance(entry[key], kind) or isinstance(entry[key], bool):
-                problems.append(Problem(file, f"{where}.{key}", f"a {kind.__name__}", repr(entry[key])))
+                problems.append(Problem(file, f"{where}.{key}", described, repr(entry[key])))
         index, wnid = entry.get("index"), entry.get("word_net_id")
         if isinstance(index, int) and not isinstance(index, bool):
             if index < 0:

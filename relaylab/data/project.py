@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 import yaml
-from importlib.resources import files
 
 from ..errors import IncompleteStoreError, Problem, RelaylabError
 from . import store as zstore
 from .hdf5 import SAMPLE, open_virelay_analysis, open_virelay_dataset
 from .labels import CLASS, category_display_name, load_label_map
+from .schema import schema_problems
 
 log = logging.getLogger(__name__)
 
@@ -135,11 +135,6 @@ def open_projects(paths: list[str | os.PathLike]) -> dict[str, Project]:
 # ----------------------------------------------------------------------------------------------------- YAML files
 
 
-def project_schema() -> dict:
-    import json
-    return json.loads(files("relaylab.schemas").joinpath("project.schema.json").read_text())
-
-
 def read_project_yaml(path: Path) -> dict:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -154,33 +149,7 @@ def read_project_yaml(path: Path) -> dict:
 
 def project_file_problems(data: object, file: str) -> list[Problem]:
     """Schema problems of a parsed project file, each at its key path (e.g. `project.dataset.type`)."""
-    import jsonschema
-
-    validator = jsonschema.Draft202012Validator(project_schema())
-    problems = []
-    for error in sorted(validator.iter_errors(data), key=lambda e: list(map(str, e.absolute_path))):
-        while error.context:  # a oneOf/anyOf failure: report the alternative that came closest, at its own key
-            error = jsonschema.exceptions.best_match(error.context)
-        key = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in error.absolute_path).replace(".[", "[")
-        problems.append(Problem(file, key, schema_expectation(error), short_repr(error.instance)))
-    return problems
-
-
-def schema_expectation(error) -> str:
-    if error.validator == "enum":
-        return "one of " + ", ".join(map(str, error.validator_value))
-    if error.validator == "type":
-        return f"a value of type {error.validator_value}"
-    if error.validator == "required":
-        return error.message.replace(" is a required property", " to be present")
-    if error.validator == "additionalProperties":
-        return "only known keys: " + error.message
-    return error.message
-
-
-def short_repr(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    return schema_problems("project", data, file)
 
 
 def attribution_blocks(project: dict) -> list[dict]:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-from importlib.resources import files
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +13,7 @@ from . import store as zstore
 from .convert import analysis_index_problems, label_problems, nonfinite_problems, source_file
 from .hdf5 import SAMPLE, open_h5, analysis_problems
 from .labels import label_map_problems, read_label_map_json
+from .schema import schema_problems
 from .project import (Project, attribution_blocks, open_project, project_file_problems, read_project_yaml)
 
 
@@ -24,6 +23,8 @@ def validate(path: str | Path, *, progress: bool = True) -> list[Problem]:
         return store_problems(path, progress=progress)
     if not path.is_file():
         return [Problem(str(path), "", "a project YAML file or a relaylab Zarr store", "no such file" if not path.exists() else "a folder")]
+    if path.suffix.lower() == ".json":
+        return json_file_problems(path)
     try:
         data = read_project_yaml(path)
     except RelaylabError as error:
@@ -35,6 +36,31 @@ def validate(path: str | Path, *, progress: bool = True) -> list[Problem]:
     if problems:
         return problems
     return opened_problems(path, progress)
+
+
+def json_file_problems(path: Path) -> list[Problem]:
+    """A label map (a JSON list) or an exported viewer state (a JSON object)."""
+    try:
+        data = read_label_map_json(path)
+    except RelaylabError as error:
+        return [Problem(p.file, p.path, "valid JSON", p.found) if "label map" in p.expected else p for p in error.problems]
+    if isinstance(data, list):
+        return label_map_problems(data, str(path))
+    return viewer_state_problems(data, str(path))
+
+
+def viewer_state_problems(state: object, file: str) -> list[Problem]:
+    """An exported viewer state against viewer-state.schema.json, plus what JSON Schema cannot say: each indices
+    array and its clusters array pair up entry by entry."""
+    problems = schema_problems("viewer-state", state, file)
+    if problems or not isinstance(state, dict):
+        return problems
+    for which in ("selected", "all"):
+        indices, clusters = f"{which}EmbeddingVectorsIndices", f"{which}EmbeddingVectorsClusters"
+        if indices in state and clusters in state and len(state[indices]) != len(state[clusters]):
+            problems.append(Problem(file, clusters, f"one cluster per entry of {indices} ({len(state[indices])})",
+                                    f"{len(state[clusters])}"))
+    return problems
 
 
 def yaml_file_problems(spec: dict, folder: Path) -> list[Problem]:
@@ -156,21 +182,12 @@ def missing_attribution_problems(tree: xr.DataTree, project: Project) -> list[Pr
     return problems
 
 
-def store_schema() -> dict:
-    return json.loads(files("relaylab.schemas").joinpath("store.schema.json").read_text())
-
-
 def store_problems(path: Path, progress: bool) -> list[Problem]:
-    import jsonschema
-
     try:
         meta = zstore.store_metadata(path)
     except RelaylabError as error:
         return error.problems
-    problems = [
-        Problem(str(path), "zarr.json#attributes.relaylab." + ".".join(map(str, e.absolute_path)), e.message)
-        for e in jsonschema.Draft202012Validator(store_schema()).iter_errors(meta)
-    ]
+    problems = schema_problems("store", meta, str(path), "zarr.json#attributes.relaylab")
     problems += group_meta_problems(path)
     for group in zstore.unfinished_groups(path):
         problems.append(Problem(str(path), group, "a completely written group",
@@ -182,14 +199,9 @@ def store_problems(path: Path, progress: bool) -> list[Problem]:
 
 def group_meta_problems(path: Path) -> list[Problem]:
     """Each relaylab group's attributes.relaylab against group.schema.json."""
-    import jsonschema
-
-    validator = jsonschema.Draft202012Validator(json.loads(files("relaylab.schemas").joinpath("group.schema.json").read_text()))
     problems = []
     for group, meta in zstore.group_metas(path).items():
-        for error in validator.iter_errors(meta):
-            key = ".".join(map(str, error.absolute_path))
-            problems.append(Problem(str(path), f"{group}/zarr.json#attributes.relaylab{'.' + key if key else ''}", error.message))
+        problems += schema_problems("group", meta, str(path), f"{group}/zarr.json#attributes.relaylab")
     return problems
 
 
