@@ -238,3 +238,28 @@ def test_resuming_with_differently_made_data_is_refused(make_project, tmp_path):
         resampled = project.inputs.assign_attrs(sampling={"up": "mirror_edge", "down": "resize"})
         with pytest.raises(RelaylabError, match="from the same source data"):
             zstore.write_dataset(tmp_path / "p.zarr", "inputs", resampled, kind="inputs", progress=False)
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "float32"])
+def test_shard_writer_stores_the_bytes_zarr_itself_would(tmp_path, dtype):
+    """relaylab encodes whole shards outside zarr's per-chunk path for speed; the files must be zarr's own."""
+    rng = np.random.default_rng(0)
+    values = (rng.random((23, 3, 8, 8)) * 200).astype(dtype)
+    values[8:12] = 0  # inner chunks equal to the fill value are left out, as zarr does
+    root = zarr.open_group(tmp_path / "s.zarr", mode="w", zarr_format=3)
+    kwargs = dict(shape=values.shape, dtype=dtype, chunks=(2, 3, 8, 8), shards=(10, 3, 8, 8),
+                  compressors=[zstore.COMPRESSOR], fill_value=0, dimension_names=("sample", "channel", "y", "x"))
+    ours, theirs = root.create_array("ours", **kwargs), root.create_array("theirs", **kwargs)
+    assert zstore.ShardWriter.usable(ours)
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(2) as pool:
+        writer = zstore.ShardWriter(ours, pool)
+        assert writer.write(slice(0, 20), values[:20]) and writer.write(slice(20, 23), values[20:])  # last shard partial
+        assert not writer.write(slice(5, 15), values[5:15])  # not shard-aligned: left to zarr
+    theirs[:] = values
+    files = sorted(p.relative_to(tmp_path / "s.zarr" / "theirs") for p in (tmp_path / "s.zarr" / "theirs" / "c").rglob("*") if p.is_file())
+    assert len(files) == 3
+    for file in files:
+        assert (tmp_path / "s.zarr" / "ours" / file).read_bytes() == (tmp_path / "s.zarr" / "theirs" / file).read_bytes()
+    np.testing.assert_array_equal(zarr.open_array(tmp_path / "s.zarr" / "ours")[:], values)
