@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
+
+import numpy as np
 
 from .errors import RelaylabError
 
@@ -63,6 +66,71 @@ def cmd_synthetic(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from .analyze.config import load_config
+    from .analyze.run import analyze
+
+    config = load_config(args.config)
+    for key in ("grouping", "attribution"):
+        if getattr(args, key):
+            config[key] = getattr(args, key)
+    result = analyze(args.project, args.name, config, scheduler=args.scheduler, n_workers=args.workers,
+                     progress=not args.quiet)
+    print(f"analyses/{args.name}: {len(result['done'])} categories in {args.project}")
+    for category, reason in result["skipped"].items():
+        print(f"skipped {category}: {reason}")
+    if args.export_virelay:
+        from .data.convert import export_virelay_analysis
+        from .data.project import open_project
+
+        with open_project(args.project) as project:
+            export_virelay_analysis(project.analyses[args.name], args.export_virelay)
+        print(f"wrote {args.export_virelay}")
+    return EXIT_OK
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from .analyze.score import score_analysis
+    from .data.project import open_project
+
+    with open_project(args.project) as project:
+        marked_samples = read_marked(args, project)
+        tree = project.analyses[args.analysis]
+        for category, node in tree.children.items():
+            index = np.asarray(node["index"].values)
+            marked = np.isin(index, marked_samples)
+            if marked.all() or not marked.any():
+                continue
+            report = score_analysis(node, marked)
+            print(f"{category} ({node.attrs.get('display_name', category)}): {int(marked.sum())} of {len(index)} marked")
+            spectral = report.get("embedding") or {}
+            if spectral:
+                print(f"  spectral: best coordinate {spectral['component']} AUROC {spectral['auroc']:.3f}, "
+                      f"eigengap k={spectral['eigengap_k']} ({spectral['eigengap']:.3f}), components {spectral['connected_components']}")
+            for name, c in report.get("clusterings", {}).items():
+                print(f"  {name:<18} ARI {c['ari']:.3f}  best cluster {c['cluster']}: precision {c['precision']:.3f} "
+                      f"recall {c['recall']:.3f} F1 {c['f1']:.3f}")
+    return EXIT_OK
+
+
+def read_marked(args: argparse.Namespace, project) -> np.ndarray:
+    """Dataset indices of the marked samples: from a file (JSON list, .npy, or one index per line) or a boolean
+    coordinate of the inputs (e.g. `artifact`, which the demo records)."""
+    if args.marked_coord:
+        if args.marked_coord not in project.inputs.coords:
+            raise RelaylabError.at(project.path, f"inputs/{args.marked_coord}", "a boolean coordinate of the inputs",
+                                   f"no such coordinate (have: {', '.join(map(str, project.inputs.coords))})")
+        return project.inputs["sample"].values[np.asarray(project.inputs[args.marked_coord].values, dtype=bool)]
+    path = Path(args.marked)
+    try:
+        if path.suffix == ".npy":
+            return np.load(path).astype(np.int64).ravel()
+        text = path.read_text()
+        return np.asarray(json.loads(text) if text.lstrip().startswith("[") else text.split(), dtype=np.int64)
+    except (OSError, ValueError) as error:
+        raise RelaylabError.at(path, "", "sample indices: a JSON list, a .npy array or one integer per line", str(error)) from None
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="relaylab", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     top.add_argument("-v", "--verbose", action="store_true", help="log what relaylab does (INFO level)")
@@ -114,6 +182,37 @@ def parser() -> argparse.ArgumentParser:
     synthetic.add_argument("--seed", type=int, default=0)
     synthetic.set_defaults(run=cmd_synthetic)
 
+    analyze = commands.add_parser(
+        "analyze", help="run SpRAy over every category and write the analysis into the project's store",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Spectral Relevance Analysis of an attribution set, per category: preprocessing, kNN graph,\n"
+                    "affinity, graph Laplacian, eigenvectors, clusterings and 2-D embeddings (see\n"
+                    "examples/spray.yaml; the defaults are CoRelAy's). Categories run as Dask tasks on a\n"
+                    "LocalCluster, or on the scheduler given with --scheduler. Each finished category is committed to\n"
+                    "PROJECT (a relaylab Zarr store), so a killed run re-run with the same command skips them.")
+    analyze.add_argument("project", type=Path, metavar="PROJECT", help="a relaylab Zarr store")
+    analyze.add_argument("--config", type=Path, help="SpRAy configuration YAML (default: CoRelAy's defaults)")
+    analyze.add_argument("--name", default="spectral_analysis", help="analysis name (default: spectral_analysis)")
+    analyze.add_argument("--grouping", choices=("true_label", "predicted_label", "all"), help="override the config's grouping")
+    analyze.add_argument("--attribution", metavar="NAME", help="attribution set to analyse (default: the first)")
+    analyze.add_argument("--scheduler", metavar="ADDRESS", help="a Dask scheduler, e.g. tcp://host:8786 (default: a LocalCluster)")
+    analyze.add_argument("--workers", type=int, help="LocalCluster workers (default: one per core)")
+    analyze.add_argument("--export-virelay", type=Path, metavar="FILE.h5", help="also write ViRelAy's analysis HDF5 layout")
+    analyze.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    analyze.set_defaults(run=cmd_analyze)
+
+    score = commands.add_parser(
+        "score", help="how well an analysis isolates known samples (e.g. a planted artifact)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="For every category holding marked samples: adjusted Rand index and best-cluster precision,\n"
+                    "recall and F1 of each clustering, AUROC of the best spectral coordinate, and the eigengap.")
+    score.add_argument("project", type=Path, metavar="PROJECT")
+    score.add_argument("--analysis", default="spectral_analysis", help="analysis name (default: spectral_analysis)")
+    marked = score.add_mutually_exclusive_group(required=True)
+    marked.add_argument("--marked", metavar="FILE", help="dataset indices of the marked samples (JSON list, .npy, or one per line)")
+    marked.add_argument("--marked-coord", metavar="NAME", help="a boolean coordinate of the inputs marking them")
+    score.set_defaults(run=cmd_score)
+
     info = commands.add_parser("info", help="summarise projects: dataset, classes, attribution sets, analyses",
                                description="Print what each PROJECT holds. Reads metadata only.")
     info.add_argument("projects", nargs="+", type=Path, metavar="PROJECT")
@@ -123,7 +222,9 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    level = logging.INFO if args.verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("distributed").setLevel(level)  # Dask logs every worker start and stop at INFO
     try:
         return args.run(args)
     except RelaylabError as error:

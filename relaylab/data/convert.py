@@ -214,6 +214,19 @@ def virelay_labels(labels: xr.DataArray) -> xr.DataArray:
     return labels.astype(bool) if labels.ndim == 2 else labels.astype(np.int64)
 
 
+def export_virelay_analysis(tree: xr.DataTree, path: str | os.PathLike) -> Path:
+    """One analysis as a ViRelAy analysis HDF5 file, written beside and renamed into place."""
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        write_virelay_analysis(tree, partial)
+        partial.replace(path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    return path
+
+
 def write_virelay_analysis(tree: xr.DataTree, path: Path) -> None:
     with h5py.File(path, "w") as h5:
         for category, node in tree.children.items():

@@ -338,6 +338,13 @@ def merge_analyses(existing: list[xr.DataTree], sources: list[Path], label_map: 
 # ----------------------------------------------------------------------------------------------------- Zarr stores
 
 
+def with_display_names(tree: xr.DataTree, label_map: xr.Dataset) -> xr.DataTree:
+    """Each category's human-readable class name, from the label map, as ViRelAy shows it."""
+    for category, node in tree.children.items():
+        node.attrs["display_name"] = category_display_name(label_map, category)
+    return tree
+
+
 def open_store_project(path: Path) -> Project:
     meta = zstore.store_metadata(path)
     if meta.get("status") != "complete":
@@ -358,7 +365,8 @@ def open_store_project(path: Path) -> Project:
         for name in zstore.list_groups(path, "activations")
     })
     analyses = LazyGroups({
-        name: (lambda name=name: zstore.open_analysis(path, name)) for name in zstore.list_groups(path, "analyses")
+        name: (lambda name=name: with_display_names(zstore.open_analysis(path, name), label_map))
+        for name in zstore.list_groups(path, "analyses")
     })
     project = meta.get("project", {})
     metadata = {"format": "relaylab-zarr", "dataset": meta.get("dataset", {}), "description": project.get("description", ""),

@@ -442,29 +442,44 @@ def list_groups(path: str | Path, parent: str) -> list[str]:
 # ------------------------------------------------------------------------------------------------------- analyses
 
 
+def begin_analysis(path: str | Path, name: str, attrs: dict | None = None) -> set[str]:
+    """Create `analyses/<name>` (or find the unfinished one) and return the categories already complete in it."""
+    group = f"analyses/{name}"
+    root = _root(path, mode="r+")
+    meta = group_meta(root, group)
+    if meta is None:
+        root.create_group(group, overwrite=True, attributes={"relaylab": {"kind": "analysis", "status": "writing", **(attrs or {})}})
+        return set()
+    if attrs and any(meta.get(k) != v for k, v in attrs.items()):
+        raise RelaylabError.at(path, group, "an analysis run with the same settings, to resume it",
+                               "one with other settings; choose another name or delete it")
+    return {c for c, g in root[group].groups() if (group_meta(root, f"{group}/{c}") or {}).get("status") == "complete"}
+
+
+def write_category(path: str | Path, name: str, category: str, tree: xr.DataTree) -> None:
+    """Commit one category: its nodes are written, then it is marked complete (a killed write is redone whole)."""
+    cat_group = f"analyses/{name}/{category}"
+    for node in tree.subtree:  # the category's own node comes first; writing it with mode "w" clears stale children
+        node_ds = node.to_dataset(inherit=False)
+        node_ds.attrs = {k: v for k, v in node_ds.attrs.items() if k != "source_file"}
+        relative = node.relative_to(tree)
+        node_group = cat_group if relative == "." else f"{cat_group}/{relative}"
+        node_ds.to_zarr(str(path), group=node_group, mode="w", consolidated=False, zarr_format=3)
+    _root(path, mode="r+")[cat_group].attrs["relaylab"] = {"kind": "category", "status": "complete"}
+
+
+def finish_analysis(path: str | Path, name: str) -> None:
+    update_group_meta(path, f"analyses/{name}", status="complete")
+
+
 def write_analysis(path: str | Path, name: str, tree: xr.DataTree, *, attrs: dict | None = None,
                    progress: bool = True) -> None:
     """Write an analysis category by category; finished categories are kept when a killed write is resumed."""
-    group = f"analyses/{name}"
-    root = _root(path, mode="r+")
-    if group not in root:
-        root.create_group(group, attributes={"relaylab": {"kind": "analysis", "status": "writing", **(attrs or {})}})
-    categories = list(tree.children)
-    for category in tqdm(categories, desc=group, unit="category", disable=not progress, leave=False):
-        cat_group = f"{group}/{category}"
-        meta = group_meta(root, cat_group)
-        if meta is not None and meta.get("status") == "complete":
-            continue
-        for node in tree[category].subtree:
-            node_ds = node.to_dataset(inherit=False)
-            node_ds.attrs = {k: v for k, v in node_ds.attrs.items() if k != "source_file"}
-            relative = node.relative_to(tree[category])
-            node_group = cat_group if relative == "." else f"{cat_group}/{relative}"
-            node_ds.to_zarr(str(path), group=node_group, mode="w", consolidated=False, zarr_format=3)
-        root = _root(path, mode="r+")
-        root[cat_group].attrs["relaylab"] = {"kind": "category", "status": "complete"}
-    meta = group_meta(root, group)
-    root[group].attrs["relaylab"] = {**meta, "status": "complete"}
+    done = begin_analysis(path, name, attrs)
+    todo = [c for c in tree.children if c not in done]
+    for category in tqdm(todo, desc=f"analyses/{name}", unit="category", disable=not progress, leave=False):
+        write_category(path, name, category, tree[category])
+    finish_analysis(path, name)
 
 
 def open_analysis(path: str | Path, name: str) -> xr.DataTree:

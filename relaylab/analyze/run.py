@@ -1,0 +1,117 @@
+"""`relaylab analyze`: SpRAy over every category of a project, one Dask task per category, each committed to the
+project's Zarr store as it finishes, so a killed run re-run with the same command skips finished categories.
+
+Workers read their category's attributions from the store themselves (chunk by chunk, as Dask arrays), so no large
+array passes through the scheduler. Categories too small for the configured neighbours and eigenvectors are skipped
+and listed in the analysis' attributes.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+from tqdm.auto import tqdm
+
+from ..data import store as zstore
+from ..data.hdf5 import SAMPLE
+from ..data.project import open_project
+from ..errors import Problem, RelaylabError
+from .config import build_spray, config_fingerprint
+
+log = logging.getLogger(__name__)
+
+
+def category_name(label_map: xr.Dataset, cls: int) -> str:
+    """ViRelAy's convention: the class's WordNet id, else its zero-padded index."""
+    hit = np.flatnonzero(label_map["class"].values == cls)
+    wnid = str(label_map["word_net_id"].values[hit[0]]) if hit.size else ""
+    return wnid or f"{cls:08d}"
+
+
+def categories(attributions: xr.Dataset, grouping: str, label_map: xr.Dataset) -> dict[str, np.ndarray]:
+    """Category name → row positions in the attribution set."""
+    if grouping == "all":
+        return {"all": np.arange(attributions.sizes[SAMPLE])}
+    if grouping == "predicted_label":
+        classes = np.asarray(attributions["prediction"].argmax("class").values)
+        member = lambda c: classes == c  # noqa: E731
+        present = np.unique(classes)
+    else:
+        labels = np.asarray(attributions["label"].values)
+        if labels.ndim == 2:  # multi-label: a sample belongs to the category of each of its labels
+            member = lambda c: labels[:, c].astype(bool)  # noqa: E731
+            present = np.flatnonzero(labels.any(axis=0))
+        else:
+            member = lambda c: labels == c  # noqa: E731
+            present = np.unique(labels)
+    return {category_name(label_map, int(c)): np.flatnonzero(member(c)) for c in present}
+
+
+def run_category(store: str, attribution: str, rows: np.ndarray, config: dict) -> xr.DataTree:
+    """One category's SpRAy, on a worker; reads its own heatmaps from the store."""
+    heatmaps = zstore.open_group(store, f"attributions/{attribution}").isel({SAMPLE: rows})
+    values = np.asarray(heatmaps["attribution"].values)
+    bad = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+    if bad.any():
+        raise RelaylabError(Problem(store, f"attributions/{attribution}/attribution", "finite heatmaps",
+                                    f"NaN/inf at samples {heatmaps[SAMPLE].values[bad][:5].tolist()}"))
+    spray = build_spray(config).fit(values)
+    return spray.to_tree(heatmaps[SAMPLE].values)
+
+
+def minimum_members(config: dict) -> int:
+    return max(config["knn"].get("n_neighbors", 10), config["spectral"].get("n_components", 32)) + 1
+
+
+def analyze(project_path: str | Path, name: str, config: dict, *, scheduler: str | None = None,
+            n_workers: int | None = None, progress: bool = True) -> dict:
+    """Run and commit every unfinished category; returns {"done": [...], "skipped": {category: reason}}."""
+    project = open_project(project_path)
+    with project:
+        if project.metadata.get("format") != "relaylab-zarr":
+            raise RelaylabError.at(project_path, "", "a relaylab Zarr store to write the analysis into",
+                                   "a project file; convert it first: relaylab convert PROJECT OUT.zarr")
+        attribution = config["attribution"] or next(iter(project.attributions), None)
+        if attribution not in project.attributions:
+            raise RelaylabError.at(project_path, f"attributions/{attribution}",
+                                   f"one of the project's attribution sets ({', '.join(project.attributions) or 'none'})", "no such set")
+        build_spray(config)  # unknown steps fail here, before anything is written
+        groups = categories(project.attributions[attribution], config["grouping"], project.label_map)
+    store = str(Path(project_path))
+    small = minimum_members(config)
+    skipped = {c: f"{len(rows)} samples, fewer than the {small} that {config['knn'].get('n_neighbors', 10)} neighbours "
+                  f"and {config['spectral'].get('n_components', 32)} eigenvectors need"
+               for c, rows in groups.items() if len(rows) < small}
+    attrs = {"config": config_fingerprint(config), "attribution": attribution, "grouping": config["grouping"]}
+    done = zstore.begin_analysis(store, name, attrs)
+    todo = [c for c in groups if c not in done and c not in skipped]
+    log.info("%s: %d categories to analyse, %d done before, %d skipped", name, len(todo), len(done), len(skipped))
+    if todo:
+        run_tasks(store, name, attribution, {c: groups[c] for c in todo}, config, scheduler, n_workers, progress)
+    zstore.update_group_meta(store, f"analyses/{name}", skipped=skipped)
+    zstore.finish_analysis(store, name)
+    return {"done": sorted(set(done) | set(todo)), "skipped": skipped}
+
+
+def run_tasks(store, name, attribution, groups, config, scheduler, n_workers, progress) -> None:
+    from distributed import Client, LocalCluster, as_completed
+
+    cluster = None if scheduler else LocalCluster(n_workers=n_workers, threads_per_worker=1, dashboard_address=None,
+                                                  processes=True)
+    try:
+        with Client(scheduler or cluster) as client:
+            largest_first = sorted(groups, key=lambda c: -len(groups[c]))
+            futures = {client.submit(run_category, store, attribution, groups[c], config, key=f"spray-{name}-{c}", pure=False): c
+                       for c in largest_first}
+            with tqdm(total=len(futures), desc=f"analyses/{name}", unit="category", disable=not progress) as bar:
+                for future in as_completed(futures):
+                    category = futures[future]
+                    zstore.write_category(store, name, category, future.result())
+                    bar.set_postfix_str(category)
+                    bar.update()
+    finally:
+        if cluster is not None:
+            cluster.close()
