@@ -95,6 +95,7 @@ def machine_info(data_dir: str | Path | None = None) -> dict:
         "cores_logical": os.cpu_count(),
         "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "memory_bytes": _memory_bytes(),
+        "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "versions": _versions(),
         "git": _git(),
     }
@@ -240,6 +241,8 @@ def write_results(suite: str, rows: list[dict], *, out: str | Path, config: dict
     out.mkdir(parents=True, exist_ok=True)
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     base = out / f"{suite}-{stamp}"
+    if hasattr(os, "getloadavg"):
+        machine = {**machine, "load_average_at_end": list(os.getloadavg())}
     document = {"suite": suite, "finished": _dt.datetime.now().isoformat(timespec="seconds"), "command": sys.argv,
                 "config": config, "machine": machine, "notes": list(notes), "results": rows}
     json_path = base.with_suffix(".json")
@@ -264,5 +267,7 @@ def machine_columns(machine: dict) -> dict:
     columns = {f"machine_{k}": machine.get(k) for k in ("cpu_model", "cores_usable", "memory_bytes", "os")}
     columns.update({f"version_{k}": v for k, v in machine.get("versions", {}).items()})
     columns["machine_fs"] = machine.get("data_filesystem", {}).get("fstype")
+    for key in ("load_average_at_start", "load_average_at_end"):
+        columns[f"machine_{key}"] = (machine.get(key) or [None])[0]
     columns["git_commit"] = machine.get("git", {}).get("commit")
     return columns

@@ -719,10 +719,15 @@ def run(args) -> int:
               "h5_compression": args.h5_compression, "cold_variants": not args.no_cold, "only": sorted(only),
               "elapsed_s": elapsed}
     json_path, csv_path = write_results("io", rows, out=args.out, config=config, machine=machine, notes=notes)
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
     print()
     print(f"{machine['cpu_model']}, {machine['cores_usable']} cores, {machine['memory_bytes'] / 2**30:.0f} GiB, "
           f"{machine['os']}, Python {machine['versions']['python']}, "
           + ", ".join(f"{k} {v}" for k, v in machine["versions"].items() if k != "python"))
+    if load is not None:
+        print(f"load average (1 min) at start {machine['load_average_at_start'][0]:.1f}, at end {load[0]:.1f}: "
+              "other processes on this machine share its cores" if max(machine['load_average_at_start'][0], load[0]) > 1.5
+              else f"load average (1 min) at start {machine['load_average_at_start'][0]:.1f}, at end {load[0]:.1f}")
     print(f"data in {work} ({machine.get('data_filesystem', {}).get('fstype', '?')}); "
           f"{args.warmup} warm-up dropped, median of {args.repeats}; MB = 10^6 bytes")
     print(format_table(rows))
