@@ -78,13 +78,18 @@ def test_declared_layout_and_range_override_the_guess(tmp_path):
     assert declared.attrs["value_range"] == [0.0, 1.0] and guessed.attrs["value_range"] is None
 
 
-def test_dask_chunks_follow_hdf5_chunks(make_project):
+def test_dask_chunks_follow_hdf5_chunks(make_project, monkeypatch):
     path = make_project(n_samples=50, chunk_rows=8, layout="hwc")
     ds = xr.open_dataset(path.parent / "dataset.h5", engine="virelay", chunks={})
     assert ds["input"].data.chunks[0] == (8, 8, 8, 8, 8, 8, 2)
     assert ds["input"].data.chunks[1:] == ((3,), (16,), (16,))
-    project = open_project(path)
-    assert project.inputs["input"].data.chunks[0][0] == 8
+    from relaylab.data import project as project_module
+
+    sample_bytes = 3 * 16 * 16
+    monkeypatch.setattr(project_module, "DASK_CHUNK_BYTES", 20 * sample_bytes)  # 20 samples: 2 whole HDF5 chunks
+    with open_project(path) as project:
+        assert project.inputs["input"].data.chunks[0] == (16, 16, 16, 2)
+        assert project.inputs["label"].data.chunks[0] == (16, 16, 16, 2)
 
 
 def test_opening_reads_no_array_data(make_project, monkeypatch):
