@@ -110,7 +110,7 @@ def test_exact_self_is_excluded_by_index_and_duplicates_stay():
     assert np.isin(zeros, np.arange(100, 115)).all()
     assert all(len(set(row)) == K for row in graph.indices_)
     np.testing.assert_array_equal(graph.distances_[100:115], 0.0)
-    ref_i, ref_d = brute_force(X)
+    _, ref_d = brute_force(X)
     np.testing.assert_allclose(graph.distances_, ref_d[:, :K], atol=1e-12)
 
 
@@ -232,7 +232,7 @@ def test_transform_new_samples_matches_scikit_learn():
 
 @pytest.mark.filterwarnings("ignore:Graph is not fully connected")  # separated blobs
 def test_graph_plugs_into_spectral_embedding():
-    X, labels = make_blobs(n_samples=300, n_features=8, centers=3, random_state=0)
+    X, _ = make_blobs(n_samples=300, n_features=8, centers=3, random_state=0)
     est = KNNGraph(n_neighbors=K, method="exact")
     graph = est.fit_transform(X)
     spectral = SpectralEmbedding(n_components=2, affinity="precomputed_nearest_neighbors", n_neighbors=K,
@@ -352,15 +352,16 @@ def test_approximate_rows_pynndescent_left_short_are_searched_exactly(monkeypatc
     """NN-descent may pad rows with -1 or list a duplicate before the sample itself: self is dropped by index."""
     X = clustered_data(n=120, d=6, seed=2)
     X[8] = X[7]
-    true_i, _ = brute_force(X, K + 1)
+    true_i, _ = brute_force(X, 2 * K + 1)
 
     class FakeNNDescent:
         def __init__(self, data, n_neighbors, **kwargs):
-            assert n_neighbors == K + 1 and data.dtype == np.float32
+            assert n_neighbors == 2 * K + 1 and data.dtype == np.float32
             rows = np.arange(len(data))[:, None]
-            graph = np.concatenate([rows, true_i[:, :K]], axis=1)
+            graph = np.concatenate([rows, true_i[:, :2 * K]], axis=1)
             graph[3, 1:] = -1  # nothing found
-            graph[5] = true_i[5, :K + 1]  # self missing: the farthest entry goes
+            graph[4, K - 2:] = -1  # found too few
+            graph[5] = true_i[5, :2 * K + 1]  # self missing: the farthest entry goes
             graph[7, :2] = [8, 7]  # the duplicate listed first
             self.neighbor_graph = (graph, np.zeros(graph.shape, np.float32))
 

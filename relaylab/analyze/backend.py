@@ -23,8 +23,8 @@ def _cupy():
     try:
         import cupy
     except ImportError as error:  # also raised by CuPy when its CUDA libraries are missing
-        raise RuntimeError("device='cuda' needs the package cupy, which is not importable "
-                           f"({error}); install it with the relaylab[gpu] extra: pip install 'relaylab[gpu]'") from error
+        raise RuntimeError(f"device='cuda' needs the package cupy, which is not importable ({error}); "
+                           "install it with the relaylab[gpu] extra: pip install 'relaylab[gpu]'") from error
     return cupy
 
 
