@@ -260,7 +260,8 @@ def exact_kneighbors(queries, references, k: int, chunk_size: int, device: str =
     `queries`/`references`: NumPy, CuPy or Dask arrays. Dask ones are read block by block: the queries once, the
     references once per block of queries (n_queries / chunk_size passes, so larger blocks read less). With
     `exclude_self`, query row i (global id `query_ids[i]`, default i) never gets reference row `query_ids[i]`: self
-    is excluded by index, so exact duplicates of it stay. Returns NumPy (indices int64, distances `dtype`), ascending by distance.
+    is excluded by index, so exact duplicates of it stay. Returns NumPy (indices int64, distances `dtype`),
+    ascending by distance.
     """
     xp = array_namespace(device)
     dtype = np.dtype(dtype)
