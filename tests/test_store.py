@@ -66,7 +66,8 @@ def test_hdf5_to_zarr_to_hdf5_round_trip_preserves_every_value(make_project, tmp
 
 
 def test_store_layout_dimension_names_chunks_and_compression(make_project, tmp_path, monkeypatch):
-    monkeypatch.setattr(zstore, "SHARD_BYTES", 42 * 3 * 16 * 16 * 4)  # 42 float samples (2 inner chunks) per shard
+    monkeypatch.setattr(zstore, "INNER_CHUNK_BYTES", 21 * 3 * 16 * 16 * 4)  # 21 float samples per inner chunk,
+    monkeypatch.setattr(zstore, "SHARD_BYTES", 42 * 3 * 16 * 16 * 4)  # 42 (2 inner chunks) per shard
     path = make_project(n_samples=100)
     convert_to_zarr(path, tmp_path / "p.zarr", progress=False)
     root = zarr.open_group(tmp_path / "p.zarr", mode="r")

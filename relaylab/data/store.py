@@ -10,7 +10,7 @@ Layout (documented in schemas/README.md, checked by schemas/store.schema.json)::
                                        cluster: one (member,) variable per clustering
       _progress/<group>                one bool per block already written (only while a group is being written)
 
-Image-like arrays are sharded: one sample (or ~64 KiB of samples) per inner chunk, so the viewer reads one sample
+Image-like arrays are sharded: one sample (or ~256 KiB of small samples) per inner chunk, so the viewer reads one sample
 without touching its neighbours, and ~32 MiB per shard, so batch jobs read big sequential pieces. A group is written
 in shard-aligned blocks; each block's completion is recorded in `_progress`, so a killed writer restarted with the
 same input resumes after the last finished block. Groups carry attrs["relaylab"]["status"]: readers refuse a group
@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 
 STORE_FORMAT = "relaylab-store"
 FORMAT_VERSION = 1
-INNER_CHUNK_BYTES = 64 * 2**10
+INNER_CHUNK_BYTES = 256 * 2**10  # 64 KiB measured 1.3x slower to convert (per-chunk codec calls); a 224² RGB sample is 150 KB
 SHARD_BYTES = 32 * 2**20
 PROGRESS = "_progress"
 # Zstd level 1 with bit shuffle: on 2 cores it encodes float32 attributions 2.4x faster than level 3 with byte
