@@ -316,6 +316,13 @@ def attach_classes(ds: xr.Dataset, label_map: xr.Dataset) -> xr.Dataset:
     return ds.assign_coords({CLASS: np.arange(k)})
 
 
+def with_display_names(tree: xr.DataTree, label_map: xr.Dataset) -> xr.DataTree:
+    """Each category's human-readable class name, from the label map, as ViRelAy shows it."""
+    for category, node in tree.children.items():
+        node.attrs["display_name"] = category_display_name(label_map, category)
+    return tree
+
+
 def merge_analyses(existing: list[xr.DataTree], sources: list[Path], label_map: xr.Dataset) -> xr.DataTree:
     """One tree per analysis method: categories of all its sources side by side; a category may not repeat."""
     nodes: dict[str, xr.Dataset] = {}
@@ -332,29 +339,18 @@ def merge_analyses(existing: list[xr.DataTree], sources: list[Path], label_map: 
                                            "the same category in two sources of one analysis method")
                 origin[category] = file
                 for node in child.subtree:
-                    relative = node.relative_to(tree)
-                    ds = node.to_dataset(inherit=False)
-                    if node is child:
-                        ds.attrs["display_name"] = category_display_name(label_map, category)
-                    nodes[f"/{relative}"] = ds
+                    nodes[f"/{node.relative_to(tree)}"] = node.to_dataset(inherit=False)
     except BaseException:
         for tree in trees[len(existing):]:
             tree.close()
         raise
-    merged = xr.DataTree.from_dict(nodes)
+    merged = with_display_names(xr.DataTree.from_dict(nodes), label_map)
     closers = [t.close for t in trees]
     merged.set_close(lambda: [close() for close in closers])
     return merged
 
 
 # ----------------------------------------------------------------------------------------------------- Zarr stores
-
-
-def with_display_names(tree: xr.DataTree, label_map: xr.Dataset) -> xr.DataTree:
-    """Each category's human-readable class name, from the label map, as ViRelAy shows it."""
-    for category, node in tree.children.items():
-        node.attrs["display_name"] = category_display_name(label_map, category)
-    return tree
 
 
 def open_store_project(path: Path) -> Project:
