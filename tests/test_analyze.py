@@ -114,3 +114,17 @@ def test_unknown_step_and_small_categories(planted, tmp_path):
 def test_analyze_needs_a_store(make_project):
     result = run_cli("analyze", make_project())
     assert result.returncode == 2 and "expected a relaylab Zarr store to write the analysis into" in result.stderr
+
+
+def test_score_reports_unreadable_marked_samples_clearly(make_project, tmp_path):
+    store = tmp_path / "p.zarr"
+    convert_to_zarr(make_project(), store, progress=False)
+    garbled = tmp_path / "marked.txt"
+    garbled.write_text("3 seven 9")
+    result = run_cli("score", store, "--marked", garbled)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"{garbled}: expected sample indices: a JSON list, a .npy array or one integer per line" in result.stderr
+    missing = run_cli("score", store, "--marked", tmp_path / "absent.json")
+    assert missing.returncode == 2 and "absent.json: expected sample indices" in missing.stderr
+    coord = run_cli("score", store, "--marked-coord", "artifact")
+    assert coord.returncode == 2 and "inputs/artifact: expected a boolean coordinate of the inputs" in coord.stderr
