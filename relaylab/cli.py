@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import sys
@@ -217,6 +218,15 @@ def parser() -> argparse.ArgumentParser:
                                description="Print what each PROJECT holds. Reads metadata only.")
     info.add_argument("projects", nargs="+", type=Path, metavar="PROJECT")
     info.set_defaults(run=cmd_info)
+
+    for stage in ("explain", "explore"):  # each stage registers its own commands (relaylab/<stage>/commands.py)
+        try:
+            module = importlib.import_module(f"relaylab.{stage}.commands")
+        except ModuleNotFoundError as error:
+            if error.name != f"relaylab.{stage}.commands":
+                raise
+            continue
+        module.add_commands(commands)
     return top
 
 

@@ -1,0 +1,1 @@
+"""Explore: the Panel/HoloViews/Datashader explorer (`panel serve apps/explorer.py`, `relaylab serve`)."""
