@@ -29,7 +29,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from . import (DEFAULT_OUT, child_result, evict, format_table, machine_info, proc_io, row, run_child, tree_bytes,
+from . import (child_result, evict, format_table, machine_info, proc_io, row, run_child, tree_bytes,
                write_results)
 
 DESCRIPTION = "open 1M-sample projects (HDF5 and Zarr), HDF5 → Zarr conversion vs disk read rate, single-sample reads"

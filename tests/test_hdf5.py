@@ -163,3 +163,22 @@ def test_open_datatree_entry_point(make_project):
     tree = xr.open_datatree(path.parent / "analysis-0.h5", engine="virelay")
     assert sorted(tree.children) == ["n00000000", "n00000001", "n00000002"]
     assert tree["n00000001/embedding/spectral"]["embedding"].dims == ("member", "component")
+
+
+@pytest.mark.parametrize("chunks", [None, (4, 2, 3, 3)])
+def test_readahead_byte_ranges_cover_the_rows_stored_bytes(tmp_path, chunks):
+    """The ranges Readahead announces hold exactly the requested rows' bytes (uncompressed, so they can be read back)."""
+    values = np.arange(10 * 2 * 3 * 3, dtype=np.float32).reshape(10, 2, 3, 3)
+    path = tmp_path / "a.h5"
+    with h5py.File(path, "w") as h5:
+        h5.create_dataset("attribution", data=values, chunks=chunks)
+    raw = path.read_bytes()
+    with h5py.File(path, "r") as h5:
+        ranges = hdf5.byte_ranges(h5["attribution"], slice(3, 7))
+    if chunks is None:
+        ((offset, size),) = ranges
+        assert np.array_equal(np.frombuffer(raw[offset:offset + size], np.float32).reshape(4, 2, 3, 3), values[3:7])
+    else:
+        assert len(ranges) == 2  # rows 3..6 lie in the chunks starting at rows 0 and 4
+        stored = [np.frombuffer(raw[o:o + s], np.float32).reshape(chunks) for o, s in ranges]  # in row order
+        assert np.array_equal(np.concatenate(stored), values[0:8])

@@ -5,7 +5,6 @@ Fixtures are written as the YAML/JSON a user would have on disk, so each test re
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 

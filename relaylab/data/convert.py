@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from ..errors import Problem, RelaylabError
 from . import store as zstore
-from .hdf5 import SAMPLE, guess_value_range
+from .hdf5 import SAMPLE, Readahead, guess_value_range
 from .labels import CLASS, label_map_entries
 from .project import Project, open_project
 
@@ -88,8 +88,10 @@ def write_project(project: Project, out: Path, *, allow_nonfinite: bool, progres
     def check_inputs(block: xr.Dataset, rows: slice) -> list[Problem]:
         return label_problems(block["label"], project.label_map, input_file, "/label")
 
-    zstore.write_dataset(out, "inputs", inputs, kind="inputs", check=check_inputs, progress=progress,
-                         attrs={"name": project.dataset_name, "value_range": inputs.attrs.get("value_range")})
+    with Readahead(inputs) as readahead:
+        zstore.write_dataset(out, "inputs", inputs, kind="inputs", check=check_inputs, readahead=readahead,
+                             progress=progress,
+                             attrs={"name": project.dataset_name, "value_range": inputs.attrs.get("value_range")})
     if inputs.attrs.get("value_range") is None:
         stored = zstore.open_group(out, "inputs")["input"].data
         low, high = da.compute(stored.min(), stored.max())
@@ -106,8 +108,9 @@ def write_project(project: Project, out: Path, *, allow_nonfinite: bool, progres
 
         provenance = {k: attributions.attrs.get(k, "") for k in ("method", "strategy", "model")}
         attributions = attributions.drop_vars([c for c in ("class_name", "word_net_id") if c in attributions.coords])
-        zstore.write_dataset(out, f"attributions/{name}", attributions, kind="attributions", check=check_attributions,
-                             progress=progress, attrs=provenance)
+        with Readahead(attributions) as readahead:
+            zstore.write_dataset(out, f"attributions/{name}", attributions, kind="attributions",
+                                 check=check_attributions, readahead=readahead, progress=progress, attrs=provenance)
     n = inputs.sizes[SAMPLE]
     for name, tree in project.analyses.items():
         problems = analysis_index_problems(tree, n)

@@ -8,6 +8,7 @@ chunks. File handles live in a `CachingFileManager`, so the arrays pickle and tr
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from collections.abc import Iterable
@@ -255,6 +256,69 @@ def open_virelay_dataset(path, kind: str = "auto", layout: str | None = None,
         raise
     ds.set_close(manager.close)
     return ds
+
+
+class Readahead:
+    """Asks the kernel to read rows of a Dataset's HDF5 sources before they are wanted (POSIX_FADV_WILLNEED).
+
+    HDF5 reads a chunked dataset one chunk at a time, so a cold sequential copy waits on one disk request after
+    another (0.5-0.7 GB/s here); announcing the next block's chunks lets the disk serve them together (1.3-1.5 GB/s).
+    Only variables read row for row from one HDF5 dataset (attrs `source_file`, `source_path`) are announced; the
+    rest are read as before. Advice only: it never changes what is read.
+    """
+
+    def __init__(self, ds: xr.Dataset):
+        self.sources: list[tuple[int, h5py.File, h5py.Dataset]] = []
+        n = ds.sizes.get(SAMPLE)
+        if not hasattr(os, "posix_fadvise"):
+            return
+        for var in ds.data_vars.values():
+            file, path = var.attrs.get("source_file"), var.attrs.get("source_path")
+            if not file or not path or var.dims[:1] != (SAMPLE,):
+                continue
+            with HDF5_LOCK:
+                h5 = h5py.File(file, "r")
+                node = h5.get(path)
+            if isinstance(node, h5py.Dataset) and node.shape[:1] == (n,):
+                self.sources.append((os.open(file, os.O_RDONLY), h5, node))
+            else:
+                h5.close()
+
+    def __call__(self, rows: slice) -> None:
+        for fd, _, node in self.sources:
+            with HDF5_LOCK:
+                ranges = byte_ranges(node, rows)
+            for offset, size in ranges:
+                os.posix_fadvise(fd, offset, size, os.POSIX_FADV_WILLNEED)
+
+    def close(self) -> None:
+        for fd, h5, _ in self.sources:
+            os.close(fd)
+            h5.close()
+        self.sources = []
+
+    def __enter__(self) -> "Readahead":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def byte_ranges(node: h5py.Dataset, rows: slice) -> list[tuple[int, int]]:
+    """(file offset, size) of the stored bytes holding `rows` of an HDF5 dataset: its chunks, or its contiguous
+    slab. Unallocated and compressed-away nothing is skipped."""
+    if node.chunks is None:
+        offset = node.id.get_offset()
+        row_bytes = math.prod(node.shape[1:]) * node.dtype.itemsize
+        return [] if offset is None else [(offset + rows.start * row_bytes, (rows.stop - rows.start) * row_bytes)]
+    first = rows.start - rows.start % node.chunks[0]
+    starts = [range(first, rows.stop, node.chunks[0])] + [range(0, s, c) for s, c in zip(node.shape[1:], node.chunks[1:])]
+    ranges = []
+    for coord in itertools.product(*starts):
+        info = node.id.get_chunk_info_by_coord(coord)
+        if info.byte_offset is not None:
+            ranges.append((info.byte_offset, info.size))
+    return ranges
 
 
 def sample_index(h5: h5py.File, file: str, n: int) -> np.ndarray:
