@@ -374,10 +374,11 @@ def verify_store(project_path: str, out: str, count: int = 25) -> int:
 
 
 def child_read_source(project_path: str) -> None:
-    """Diagnostic: read every sample-wise source array block by block (as the conversion does), writing nothing."""
+    """Diagnostic: read every sample-wise source array block by block, as the conversion does (same reader, same
+    readahead), writing nothing."""
     import_s = _imports()
     from relaylab.data import store as zstore
-    from relaylab.data.hdf5 import SAMPLE
+    from relaylab.data.hdf5 import SAMPLE, Readahead
     from relaylab.data.project import open_project
 
     io0 = proc_io()
@@ -385,10 +386,10 @@ def child_read_source(project_path: str) -> None:
     with open_project(project_path) as project:
         for ds in [project.inputs, *project.attributions.values()]:
             rows = zstore.block_rows(ds)
-            lazy = zstore.sample_variables(ds)
             n = ds.sizes[SAMPLE]
-            for start in range(0, n, rows):
-                ds[lazy].isel({SAMPLE: slice(start, start + rows)}).load()
+            with Readahead(ds) as readahead:
+                for _ in zstore._prefetch(ds[zstore.sample_variables(ds)], list(range(-(-n // rows))), rows, n, readahead):
+                    pass
     t1 = time.perf_counter()
     io1 = proc_io()
     child_result({"import_s": import_s, "read_s": t1 - t0, "read_bytes": io1.get("read_bytes", 0) - io0.get("read_bytes", 0)})
