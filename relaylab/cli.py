@@ -72,7 +72,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from .analyze.run import analyze
 
     config = load_config(args.config)
-    for key in ("grouping", "attribution"):
+    for key in ("grouping", "attribution", "device"):
         if getattr(args, key):
             config[key] = getattr(args, key)
     result = analyze(args.project, args.name, config, scheduler=args.scheduler, n_workers=args.workers,
@@ -196,6 +196,8 @@ def parser() -> argparse.ArgumentParser:
     analyze.add_argument("--name", default="spectral_analysis", help="analysis name (default: spectral_analysis)")
     analyze.add_argument("--grouping", choices=("true_label", "predicted_label", "all"), help="override the config's grouping")
     analyze.add_argument("--attribution", metavar="NAME", help="attribution set to analyse (default: the first)")
+    analyze.add_argument("--device", choices=("cpu", "cuda"), help="where the kNN search, Laplacian and eigensolver run "
+                         "(default: the config's, cpu); cuda needs CuPy (pip install 'relaylab[gpu]')")
     analyze.add_argument("--scheduler", metavar="ADDRESS", help="a Dask scheduler, e.g. tcp://host:8786 (default: a LocalCluster)")
     analyze.add_argument("--workers", type=int, help="LocalCluster workers (default: one per core)")
     analyze.add_argument("--export-virelay", type=Path, metavar="FILE.h5", help="also write ViRelAy's analysis HDF5 layout")

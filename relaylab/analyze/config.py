@@ -33,6 +33,7 @@ DEFAULTS: dict = {
     "clusterings": {"kmeans": {"k": [2, 3, 4, 5]}, "hdbscan": {"min_cluster_size": 10, "eigenvectors": 8}},
     "embeddings": {},
     "random_state": 0,
+    "device": "cpu",
 }
 GROUPINGS = ("true_label", "predicted_label", "all")
 
@@ -130,8 +131,10 @@ def build_spray(config: dict) -> SpRAy:
             embeddings[name] = EMBEDDINGS[name](rs, **(params or {}))
         from .knn import KNNGraph
 
-        return SpRAy(preprocessing=make_pipeline(*steps), knn=KNNGraph(random_state=rs, **config["knn"]),
-                     affinity=Affinity(**config["affinity"]), spectral=SpectralEmbedding(random_state=rs, **config["spectral"]),
+        device = config.get("device", "cpu")  # the kNN search, Laplacian and eigensolver run there; the rest on the CPU
+        return SpRAy(preprocessing=make_pipeline(*steps), knn=KNNGraph(random_state=rs, **{"device": device, **config["knn"]}),
+                     affinity=Affinity(**config["affinity"]),
+                     spectral=SpectralEmbedding(random_state=rs, **{"device": device, **config["spectral"]}),
                      clusterings=_clusterings(config["clusterings"] or {}, rs, where), embeddings=embeddings)
     except TypeError as error:  # an unknown parameter name
         raise RelaylabError.at(where, "", "parameters the steps know", str(error)) from None
