@@ -16,6 +16,8 @@ from . import DEFAULT_OUT
 
 SUITES: dict[str, str] = {
     "io": "benchmarks.io",
+    "spray": "benchmarks.spray",
+    "dask": "benchmarks.dask",
 }
 
 
