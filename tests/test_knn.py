@@ -372,3 +372,15 @@ def test_approximate_rows_pynndescent_left_short_are_searched_exactly(monkeypatc
     assert not (graph.indices_ == np.arange(len(X))[:, None]).any()
     assert_matches_brute_force(graph.indices_, graph.distances_, X, rtol=1e-5)
     assert graph.indices_[7, 0] == 8 and graph.distances_[7, 0] == 0
+
+
+def test_torch_topk_selection_used_on_the_gpu_picks_each_rows_k_smallest():
+    """On CuPy blocks the kNN search selects with torch.topk through DLPack; DLPack takes NumPy arrays too, so the
+    same function is checked here."""
+    from relaylab.analyze.knn import _torch_topk
+
+    dist = np.random.default_rng(3).random((40, 257)).astype(np.float32)
+    cols = np.from_dlpack(_torch_topk()(dist, 7))
+    assert cols.shape == (40, 7)
+    for row, picked in zip(dist, cols):
+        assert set(picked.tolist()) == set(np.argsort(row)[:7].tolist())
