@@ -18,6 +18,7 @@ SUITES: dict[str, str] = {
     "io": "benchmarks.io",
     "spray": "benchmarks.spray",
     "dask": "benchmarks.dask",
+    "explain": "benchmarks.explain",
 }
 
 
