@@ -95,6 +95,21 @@ def run(args) -> int:
             rows.append(row("explain", f"{name}/{args.device}/b{batch}", method, rates, "samples/s", ratio=ratio,
                             goal=">= 0.5 x plain gradient" if ok is not None else "", ok=ok))
             print(f"  {method}: {statistics.median(rates):.1f} samples/s ({ratio:.2f} x plain gradient)", flush=True)
+        if "epsilon_plus_flat" in args.methods:  # zennit's stock composite, for the gain of relaylab's one-term ZPlus
+            from zennit.attribution import Gradient
+            from zennit.composites import EpsilonPlusFlat
+
+            from relaylab.explain.models import canonizers_for
+
+            def seed(y):
+                return torch.nn.functional.one_hot(targets, y.shape[1]).to(y) * y
+
+            with Gradient(model=model, composite=EpsilonPlusFlat(canonizers=canonizers_for(model))) as attributor:
+                times = timed(lambda: attributor(x, seed), args.device, args.warmup, args.repeats)
+            rates = [batch / t for t in times]
+            ratio = statistics.median(rates) / base_rate
+            rows.append(row("explain", f"{name}/{args.device}/b{batch}", "zennit EpsilonPlusFlat (stock)", rates, "samples/s", ratio=ratio))
+            print(f"  zennit's stock EpsilonPlusFlat: {statistics.median(rates):.1f} samples/s ({ratio:.2f} x plain gradient)", flush=True)
     notes = [f"{args.warmup} warm-up call(s) dropped, median of {args.repeats}; batch in memory on the device; "
              "ratio = method throughput / plain forward+backward throughput of the same model, batch and device"]
     config = {"models": args.models, "methods": args.methods, "device": args.device, "batch": args.batch,

@@ -104,7 +104,9 @@ def test_live_cam_equals_cam_on_the_preprocessed_input(explainer, store, method)
 @pytest.mark.parametrize("method, composite", [("epsilon_plus_flat", EpsilonPlusFlat), ("epsilon_plus", EpsilonPlus)])
 def test_lrp_equals_zennits_own_call_with_batch_norm_merged(explainer, store, method, composite):
     model, x = reference(store, 3)
-    seed = torch.eye(N_CLASSES)[[1]]
+    def seed(logits):  # relaylab's LRP seed, as `relaylab attribute` stores it: the target logit
+        return torch.eye(N_CLASSES)[[1]] * logits
+
     with Gradient(model=model, composite=composite(canonizers=[SequentialMergeBatchNorm()])) as attributor:
         _, expected = attributor(x, seed)
     got = explainer.lrp(3, 1, method)

@@ -160,7 +160,7 @@ def fingerprint(ds: xr.Dataset, rows: int) -> str:
     return hashlib.sha256(json.dumps(description, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _progress_key(group: str) -> str:
+def progress_key(group: str) -> str:
     return f"{PROGRESS}/{group.strip('/').replace('/', '.')}"
 
 
@@ -203,11 +203,11 @@ def write_dataset(path: str | Path, group: str, ds: xr.Dataset, *, kind: str, at
         template.to_zarr(str(path), group=group, mode="w", compute=False, encoding=zarr_encoding(ds, rows),
                          consolidated=False, zarr_format=3)
         root = _root(path, mode="r+")
-        root.create_array(_progress_key(group), shape=(n_blocks,), chunks=(1,), dtype=bool, fill_value=False, overwrite=True,
+        root.create_array(progress_key(group), shape=(n_blocks,), chunks=(1,), dtype=bool, fill_value=False, overwrite=True,
                           attributes={"group": group})
         root[group].attrs["relaylab"] = {"kind": kind, "status": "writing", "fingerprint": stamp, "blocks": n_blocks,
                                          "block_rows": rows, **(attrs or {})}
-    done = root[_progress_key(group)]
+    done = root[progress_key(group)]
     todo = [b for b in np.flatnonzero(~done[:]).tolist()]
     arrays = {name: root[f"{group}/{name}"] for name in lazy}
     with tqdm(total=n, initial=n - sum(min(rows, n - b * rows) for b in todo), unit="sample", desc=group,
@@ -241,7 +241,7 @@ def write_dataset(path: str | Path, group: str, ds: xr.Dataset, *, kind: str, at
             stored.result()
     meta = group_meta(root, group)
     root[group].attrs["relaylab"] = {**meta, "status": "complete"}
-    del root[_progress_key(group)]
+    del root[progress_key(group)]
 
 
 def _workers() -> int:
@@ -395,7 +395,7 @@ def require_complete(path: str | Path, group: str, meta: dict | None) -> None:
         raise RelaylabError.at(path, group, f"a group '{group}'", "it is missing")
     if meta.get("status") != "complete":
         try:
-            done = int(_root(path)[_progress_key(group)][:].sum())
+            done = int(_root(path)[progress_key(group)][:].sum())
         except KeyError:
             done = 0
         raise IncompleteStoreError(Problem(

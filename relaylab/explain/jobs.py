@@ -205,7 +205,7 @@ def pending_blocks(path: Path, group: str, n_blocks: int) -> list[int]:
         return list(range(n_blocks))
     if meta.get("status") == "complete":
         return []
-    key = zstore._progress_key(group)
+    key = zstore.progress_key(group)
     return np.flatnonzero(~root[key][:]).tolist() if key in root else list(range(n_blocks))
 
 
@@ -383,7 +383,7 @@ def write_group_of_groups(path: Path, group: str, inputs: xr.Dataset, datasets: 
     if meta is not None and meta.get("status") == "complete":
         log.info("%s/%s is complete, skipping", path, group)
         return
-    progress_key = zstore._progress_key(group)
+    progress_key = zstore.progress_key(group)
     if meta is None:
         root.create_group(group, overwrite=True)
         for child, ds in templates.items():

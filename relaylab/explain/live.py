@@ -23,15 +23,14 @@ from collections.abc import Callable, Hashable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-import zennit.composites
-from zennit.attribution import Gradient
 
 from ..data import store as zstore
 from ..data.labels import CLASS
 from ..data.project import Project
 from ..errors import RelaylabError
 from . import models
+from .attribution import METHODS as ATTRIBUTION_METHODS
+from .attribution import Explainer
 from .cam import METHODS, cams, check_method
 
 log = logging.getLogger(__name__)
@@ -179,22 +178,23 @@ class SampleExplainer:
         return self._cam_pass(int(sample), label)[layer, method]
 
     def lrp(self, sample: int, label: int, method: str = "epsilon_plus_flat") -> np.ndarray:
-        """LRP relevance (C, H, W) float32 of class `label` with a zennit composite (name from zennit's registry)."""
+        """LRP relevance (C, H, W) float32 of class `label`: the numbers `relaylab attribute` stores for that method
+        (same composite, canonizers and seed, the target logit)."""
         self._position(sample)
         label = self._check_label(label)
-        composites = zennit.composites.COMPOSITES
-        if method not in composites:
-            raise RelaylabError.at("lrp", "method", f"a zennit composite: {', '.join(sorted(composites))}", repr(method))
+        lrp_methods = [name for name, m in ATTRIBUTION_METHODS.items() if m.kind == "composite"]
+        if method not in lrp_methods:
+            raise RelaylabError.at("lrp", "method", f"an LRP composite: {', '.join(lrp_methods)}", repr(method))
 
         def compute():
             x = self._input(sample)
-            kwargs = {"canonizers": models.canonizers_for(self.model, self.spec.canonizer)}
+            bounds = None
             if method == "epsilon_gamma_box":  # the input layer's z^B rule needs the lowest and highest model input
                 low, high = models.input_bounds(self.spec, self._value_range, self._inputs.dtype)
-                kwargs.update(low=low.to(x).expand_as(x), high=high.to(x).expand_as(x))
-            with Gradient(model=self.model, composite=composites[method](**kwargs)) as attributor:
-                _, relevance = attributor(x, lambda y: F.one_hot(torch.tensor([label], device=y.device), y.shape[1]).to(y))
-            return frozen(relevance[0].detach().float().cpu().numpy())
+                bounds = (low.to(x).expand_as(x), high.to(x).expand_as(x))
+            with Explainer(self.model, method, canonizer=self.spec.canonizer, bounds=bounds) as explainer:
+                relevance, _ = explainer(x, torch.tensor([label], device=x.device))
+            return frozen(relevance[0].float().cpu().numpy())
         with self._lock:
             return self._small.get(("lrp", int(sample), label, method), compute)
 

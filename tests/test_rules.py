@@ -1,0 +1,62 @@
+"""relaylab's one-term ZPlus gives zennit's ZPlus relevance, on layers after a ReLU (where it skips the negative
+term) and on layers with negative inputs (where it falls back to zennit's two terms)."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from zennit.attribution import Gradient
+from zennit.composites import EpsilonPlus, EpsilonPlusFlat
+from zennit.rules import ZPlus as ZennitZPlus
+
+from relaylab.explain.rules import ZPlus, fast_layer_map
+
+
+def network(relu_between: bool) -> nn.Module:
+    torch.manual_seed(0)
+    middle = [nn.ReLU()] if relu_between else []  # without it, conv 2 sees negative inputs
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), *middle, nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(32, 5)).eval()
+
+
+def relevance(model, composite, x):
+    def seed(y):
+        return torch.eye(5)[y.argmax(1)] * y
+
+    with Gradient(model=model, composite=composite) as attributor:
+        _, attribution = attributor(x, seed)
+    return attribution.detach().numpy()
+
+
+@pytest.mark.parametrize("relu_between", [True, False])
+@pytest.mark.parametrize("composite", [EpsilonPlus, EpsilonPlusFlat])
+def test_fast_zplus_gives_zennits_relevance(relu_between, composite):
+    model = network(relu_between)
+    x = torch.randn(6, 3, 8, 8)
+    expected = relevance(model, composite(), x)
+    got = relevance(model, composite(layer_map=fast_layer_map()), x)
+    assert np.abs(expected).sum() > 0
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_fast_zplus_skips_the_negative_term_only_on_non_negative_inputs():
+    """Count the modified forward passes each rule makes on a conv after a ReLU and on one without."""
+    calls = []
+
+    class Counting(nn.Conv2d):
+        def forward(self, input):
+            calls.append(bool((input < 0).any()))
+            return super().forward(input)
+
+    torch.manual_seed(1)
+    conv = Counting(3, 4, 3)
+    for rule_type, x, expected_modified in [(ZPlus, torch.rand(2, 3, 6, 6), 1), (ZPlus, torch.randn(2, 3, 6, 6), 2),
+                                            (ZennitZPlus, torch.rand(2, 3, 6, 6), 2)]:
+        rule = rule_type()
+        handles = rule.register(conv)
+        calls.clear()
+        x = x.requires_grad_()
+        out = conv(x)
+        torch.autograd.grad(out, x, grad_outputs=torch.ones_like(out))
+        handles.remove()
+        assert len(calls) - 1 == expected_modified, rule_type  # one original forward plus the modified ones
