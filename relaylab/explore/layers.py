@@ -1,0 +1,592 @@
+"""Per-layer inspection (reference dashboards 002 and 003): pick a layer on a diagram of the model, a sample on that
+layer's activation embedding, and see the sample's predictions, CAM/LRP heatmaps and channel activations.
+
+Everything the user picks lives in params (`layer`, `sample`, `label`, `depth`, ...), so the app's ViewState can sync
+them and tests can drive the view without a browser. Picking happens by clicking: the diagram and the embedding are
+HoloViews plots with `hv.streams.Tap`, the channel thumbnails a small JSComponent whose `channel` follows the click.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import io
+import logging
+import math
+from pathlib import Path
+
+import holoviews as hv
+import holoviews.plotting.bokeh  # noqa: F401  (registers the Bokeh backend, so .opts work outside a notebook)
+import numpy as np
+import pandas as pd
+import panel as pn
+import param
+from bokeh.palettes import Category10_10, Category20_20
+from PIL import Image
+
+from ..errors import RelaylabError
+from .images import COLORMAPS, css_image_rendering, encode_png, heatmap_rgba, input_rgb, overlay_rgba
+
+log = logging.getLogger(__name__)
+
+CATEGORY = "all"  # contract 4: activation analyses have this single category
+DATASHADE_ABOVE = 50_000  # points: beyond this the embedding is rendered by Datashader on the server
+IMAGE_PX = 192  # display size of the sample image and its heatmaps
+THUMB_PX = 72  # display size of a channel thumbnail
+THUMB_MAX = 64  # thumbnails are stored at most this many pixels wide (the zoom view shows full resolution)
+PREDICTED = -1  # the label Select's value for "the predicted class" (label None)
+
+
+def shows_errors(method):
+    """A watcher that puts a RelaylabError (e.g. a model that fails on this sample) in the view's alert instead of
+    leaving a traceback in the server log and half-updated panes."""
+
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except RelaylabError as error:
+            log.info("layer inspector: %s", error)
+            self.alert.param.update(object=str(error), visible=True)
+
+    return run
+
+
+def png_array(data: bytes) -> np.ndarray:
+    """The image array back from PNG bytes (what a pane shows)."""
+    return np.asarray(Image.open(io.BytesIO(data)))
+
+
+def pixel_css(height: int, width: int, display_px: int = IMAGE_PX) -> list[str]:
+    """ViRelAy's automatic sampling rule as a stylesheet for a pane's <img>: small images stay crisp when enlarged."""
+    return [f"img {{ image-rendering: {css_image_rendering('automatic', height, width, display_px)}; }}"]
+
+
+def thumbnail(rgba: np.ndarray) -> str:
+    """A data URI of a channel heatmap, shrunk (area-averaged) to at most THUMB_MAX pixels wide."""
+    image = Image.fromarray(rgba)
+    if max(image.size) > THUMB_MAX:
+        scale = THUMB_MAX / max(image.size)
+        image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.Resampling.BOX)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def box_heights(layers: list[dict]) -> np.ndarray:
+    """Box height per layer from its output's spatial size (log scale), as in 002's isometric drawing: wide
+    feature maps near the input are tall boxes, flat feature vectors near the output are short ones."""
+    spatial = np.array([math.prod(layer["output_shape"][1:]) if len(layer["output_shape"]) > 1 else 1
+                        for layer in layers], dtype=float)
+    logs = np.log2(np.maximum(spatial, 1))
+    return 0.25 + 0.75 * logs / max(1.0, logs.max())
+
+
+class ChannelGrid(pn.custom.JSComponent):
+    """Thumbnails of a layer's channels, each `<div class="rl-channel" data-channel="k">`; a click sets `channel`."""
+
+    items = param.List(default=[], doc="[{channel, score, src}] in display order")
+    channel = param.Integer(default=None, allow_None=True, doc="the clicked channel")
+
+    _esm = """
+    export function render({ model, el }) {
+      const grid = document.createElement("div")
+      grid.className = "rl-channels"
+      function draw() {
+        grid.replaceChildren()
+        for (const item of model.items) {
+          const card = document.createElement("div")
+          card.className = "rl-channel" + (item.channel === model.channel ? " rl-picked" : "")
+          card.dataset.channel = item.channel
+          card.title = `channel ${item.channel}, score ${item.score.toPrecision(3)}: click to zoom`
+          const img = document.createElement("img")
+          img.src = item.src
+          const caption = document.createElement("span")
+          caption.innerHTML = `<b>${item.channel}</b> ${item.score.toPrecision(3)}`
+          card.append(img, caption)
+          card.addEventListener("click", () => { model.channel = item.channel })
+          grid.append(card)
+        }
+      }
+      draw()
+      model.on(["items", "channel"], draw)
+      el.append(grid)
+    }
+    """
+
+    _stylesheets = [f"""
+    .rl-channels {{ display: flex; flex-wrap: wrap; gap: 4px; max-height: 420px; overflow-y: auto; }}
+    .rl-channel {{ display: flex; flex-direction: column; align-items: center; cursor: pointer; border: 2px solid transparent;
+                  font-size: 11px; font-family: sans-serif; }}
+    .rl-channel.rl-picked {{ border-color: #222; }}
+    .rl-channel img {{ width: {THUMB_PX}px; height: {THUMB_PX}px; object-fit: contain; image-rendering: pixelated; }}
+    """]
+
+
+class LayerInspector(pn.viewable.Viewer):
+    """One project's model, layer by layer: diagram, activation embedding, and a picked sample's explanations."""
+
+    project_path = param.String(default="", doc="store of a project that records a model (contract 1)")
+    layer = param.String(default=None, allow_None=True, doc="name of the inspected layer; None = a sensible default once loaded")
+    sample = param.Integer(default=None, allow_None=True, doc="dataset index of the picked sample")
+    label = param.Integer(default=None, allow_None=True, doc="class the heatmaps explain; None = the predicted class")
+    cam_method = param.Selector(default="gradcam", objects=["gradcam", "layercam"], doc="CAM shown beside LRP")
+    depth = param.Integer(default=None, allow_None=True, bounds=(0, None),
+                          doc="index into the CAM layers, input → output; None = the deepest with a spatial extent")
+    channel_order = param.Selector(default="score", objects=["score", "index"], doc="order of the channel thumbnails")
+    channel = param.Integer(default=None, allow_None=True, doc="channel shown zoomable at full resolution")
+    embedding = param.Selector(default=None, objects=[], allow_None=True, doc="embedding of the activation analysis")
+    colormap = param.Selector(default="bwr", objects=list(COLORMAPS), doc="colour map of heatmaps and activations")
+
+    def __init__(self, **params):
+        super().__init__(**params)
+        self.project = None
+        self.explainer = None
+        self.layers: list[dict] = []
+        self.cam_layers: list[str] = []
+        self.alert = pn.pane.Alert("", alert_type="danger", visible=False, sizing_mode="stretch_width")
+        self.embedding_note = pn.pane.Alert("", alert_type="info", visible=False, sizing_mode="stretch_width")
+        self.diagram_pipe = hv.streams.Pipe(data="")
+        self.diagram_boxes: hv.DynamicMap | None = None
+        self.diagram_tap: hv.streams.Tap | None = None
+        self.marker_pipe = hv.streams.Pipe(data=np.empty((0, 2)))
+        self.embedding_tap: hv.streams.Tap | None = None
+        self._points = np.empty((0, 2))
+        self._point_samples = np.empty(0, dtype=np.int64)
+        self.diagram_pane = pn.pane.HoloViews(None, sizing_mode="stretch_width", linked_axes=False)
+        self.embedding_pane = pn.pane.HoloViews(None, sizing_mode="stretch_width", min_height=360, linked_axes=False)
+        self.sample_info = pn.pane.Markdown("Click a point of the embedding to pick a sample.", width=380)
+        self.image_pane = pn.pane.PNG(None, width=IMAGE_PX, height=IMAGE_PX)
+        self.bars_pane = pn.pane.HoloViews(None, width=360, height=280, linked_axes=False)
+        self.cam_pane = pn.pane.PNG(None, width=IMAGE_PX, height=IMAGE_PX)
+        self.lrp_pane = pn.pane.PNG(None, width=IMAGE_PX, height=IMAGE_PX)
+        self.overlay_pane = pn.pane.PNG(None, width=IMAGE_PX, height=IMAGE_PX)
+        self.heatmap_title = pn.pane.Markdown("")
+        self.label_select = pn.widgets.Select(label="explained label", options={"predicted": PREDICTED}, value=PREDICTED, width=220)
+        self.label_select.param.watch(self._on_label_select, "value")
+        self.depth_slider = pn.widgets.IntSlider(label="depth", start=0, end=0, value=0, width=260)
+        self.depth_slider.link(self, value="depth", bidirectional=True)
+        self.channel_grid = ChannelGrid(sizing_mode="stretch_width")
+        self.channel_grid.link(self, channel="channel", bidirectional=True)
+        self.channel_title = pn.pane.Markdown("")
+        self.zoom_pane = pn.pane.HoloViews(None, width=420, height=400, linked_axes=False)
+        self._layout = pn.Column(sizing_mode="stretch_width")
+        self._choosing_embedding = False
+        self._load()
+
+    # ----------------------------------------------------------------------------------------------------- loading
+
+    @param.depends("project_path", watch=True)
+    def _load(self) -> None:
+        """Open the project and its explainer; everything else is drawn from them."""
+        if self.explainer is not None:
+            self.explainer.close()
+        if self.project is not None:
+            self.project.close()
+        self.project = self.explainer = None
+        self.layers, self.cam_layers = [], []
+        try:
+            self._open()
+        except RelaylabError as error:
+            log.info("layer inspector: %s", error)
+            self._layout[:] = [pn.pane.Alert(f"**Per-layer inspection is not available.** {error}", alert_type="warning",
+                                             sizing_mode="stretch_width")]
+            return
+        self._layout[:] = self._sections()
+        self._build_diagram()
+        self._refresh()
+
+    def _open(self) -> None:
+        from ..data.project import open_project
+        from ..explain.live import SampleExplainer
+
+        if not self.project_path:
+            raise RelaylabError.at("", "project_path", "the path of a project store", "none given")
+        self.project = open_project(Path(self.project_path))
+        model = self.project.metadata.get("store", {}).get("model")
+        if not model or not model.get("layers"):
+            raise RelaylabError.at(self.project.path, "zarr.json#attributes.relaylab.model",
+                                   "a recorded model (spec and layer listing), as the explain stage records it", "none")
+        self.explainer = SampleExplainer(self.project)
+        self.layers = list(self.explainer.layers)
+        self.cam_layers = list(self.explainer.cam_layers)
+        with param.parameterized.discard_events(self):
+            if not self.layer:
+                self.layer = self.default_layer()
+            last = max(0, len(self.cam_layers) - 1)
+            self.param.depth.bounds = (0, last)
+            if self.depth is None or self.depth > last:
+                self.depth = self.default_depth()
+        self.depth_slider.param.update(start=0, end=last, value=self.depth, disabled=not self.cam_layers)
+        self.class_names = dict(zip(self.project.label_map["class"].values.tolist(), map(str, self.project.label_map["name"].values)))
+        self.label_select.options = self._label_options()
+
+    def default_layer(self) -> str:
+        """The deepest layer with an activation embedding, else the deepest CAM layer, else the last layer."""
+        analysed = [x["name"] for x in self.layers if f"activation-{x['name']}" in self.project.analyses]
+        return (analysed or self.cam_layers or self.layer_names)[-1]
+
+    def default_depth(self) -> int:
+        """003 starts at the last layer; the last one that still has a spatial extent, as a 1×1 map shows nothing."""
+        shapes = {x["name"]: x["output_shape"] for x in self.layers}
+        spatial = [i for i, name in enumerate(self.cam_layers) if math.prod(shapes[name][1:]) > 1]
+        return (spatial or [max(0, len(self.cam_layers) - 1)])[-1]
+
+    def _label_options(self) -> dict:
+        predicted = self.predicted_label
+        first = f"predicted ({self.class_names.get(predicted, predicted)})" if predicted is not None else "predicted"
+        return {first: PREDICTED, **{f"{c}: {n}": c for c, n in self.class_names.items()}}
+
+    def _sections(self) -> list:
+        controls = pn.Row(
+            pn.widgets.RadioButtonGroup.from_param(self.param.cam_method),
+            self.label_select, self.depth_slider,
+            pn.widgets.Select.from_param(self.param.colormap, width=160),
+        )
+        return [
+            self.alert,
+            pn.pane.Markdown("### Model — click a layer", margin=(0, 10)),
+            self.diagram_pane,
+            pn.Row(
+                pn.Column(pn.pane.Markdown("### Activation embedding — click a sample", margin=(0, 10)),
+                          pn.widgets.Select.from_param(self.param.embedding, width=160),
+                          self.embedding_note, self.embedding_pane, sizing_mode="stretch_width"),
+                pn.Column(self.sample_info, self.image_pane, self.bars_pane, width=400),  # fixed: the plot keeps its size
+                sizing_mode="stretch_width",
+            ),
+            pn.pane.Markdown("### Heatmaps", margin=(0, 10)), controls, self.heatmap_title,
+            pn.Row(pn.Column("CAM", self.cam_pane), pn.Column("CAM over the input", self.overlay_pane), pn.Column("LRP", self.lrp_pane)),
+            pn.Row(pn.pane.Markdown("### Channel activations", margin=(0, 10)),
+                   pn.widgets.RadioButtonGroup.from_param(self.param.channel_order)),
+            self.channel_title,
+            pn.Row(self.zoom_pane, self.channel_grid, sizing_mode="stretch_width"),  # the grid wraps in what the zoom leaves
+        ]
+
+    def panel(self) -> pn.Column:
+        return self._layout
+
+    def __panel__(self) -> pn.Column:
+        return self._layout
+
+    # ---------------------------------------------------------------------------------------------------- checking
+
+    @property
+    def layer_names(self) -> list[str]:
+        return [x["name"] for x in self.layers]
+
+    @property
+    def predicted_label(self) -> int | None:
+        if self.sample is None or self.sample_problem():
+            return None
+        return int(self.explainer.predictions(self.sample, top=1)[0]["class"])
+
+    @property
+    def effective_label(self) -> int | None:
+        """The explained class: the chosen one, else the predicted one."""
+        return self.label if self.label is not None else self.predicted_label
+
+    def layer_problem(self) -> str:
+        if self.layer not in self.layer_names:
+            return f"Unknown layer '{self.layer}'. The model's layers: {', '.join(self.layer_names)}."
+        return ""
+
+    def sample_problem(self) -> str:
+        if self.sample is None:
+            return ""
+        samples = self.project.inputs["sample"].values
+        if self.sample not in samples:
+            return f"Unknown sample {self.sample}: this dataset's samples are {samples.min()}–{samples.max()}."
+        return ""
+
+    def label_problem(self) -> str:
+        classes = self.project.label_map["class"].values
+        if self.label is not None and self.label not in classes:
+            return f"Unknown label {self.label}: the classes are {classes.min()}–{classes.max()}."
+        return ""
+
+    def _show_problems(self) -> bool:
+        """Show what is wrong with the picked layer/sample/label; True when all is well."""
+        problems = [p for p in (self.layer_problem(), self.sample_problem(), self.label_problem()) if p]
+        self.alert.object = " ".join(problems)
+        self.alert.visible = bool(problems)
+        return not problems
+
+    # ---------------------------------------------------------------------------------------------------- drawing
+
+    def _refresh(self) -> None:
+        self._draw_diagram()
+        self._draw_embedding()
+        self._draw_sample()
+
+    @param.depends("layer", watch=True)
+    @shows_errors
+    def _on_layer(self) -> None:
+        if self.explainer is None:
+            return
+        if not self.layer:  # the app's state says "no layer": show the default one
+            self.layer = self.default_layer()
+            return
+        self.channel = None  # channels of another layer
+        self._show_problems()
+        self._draw_diagram()
+        self._draw_embedding()
+        self._draw_channels()
+
+    @param.depends("sample", "label", watch=True)
+    @shows_errors
+    def _on_sample(self) -> None:
+        if self.explainer is not None:
+            self._draw_sample()
+
+    @param.depends("cam_method", "depth", watch=True)
+    @shows_errors
+    def _on_heatmap_choice(self) -> None:
+        if self.explainer is not None and self._show_problems():
+            self._draw_heatmaps()
+
+    @param.depends("colormap", watch=True)
+    @shows_errors
+    def _on_colormap(self) -> None:
+        if self.explainer is not None and self._show_problems():
+            self._draw_heatmaps()
+            self._draw_channels()
+
+    @param.depends("channel_order", watch=True)
+    @shows_errors
+    def _on_channel_order(self) -> None:
+        if self.explainer is not None and self._show_problems():
+            self._draw_channels()
+
+    @param.depends("channel", watch=True)
+    @shows_errors
+    def _on_channel(self) -> None:
+        if self.explainer is not None and self._show_problems():
+            self._draw_zoom()
+
+    @param.depends("embedding", watch=True)
+    @shows_errors
+    def _on_embedding(self) -> None:
+        if self.explainer is not None and not self._choosing_embedding:
+            self._draw_embedding()
+
+    def _draw_diagram(self) -> None:
+        self.diagram_pipe.send(self.layer)
+
+    def _build_diagram(self) -> None:
+        """Boxes (redrawn when the picked layer changes) over static labels. The click stream's source is the boxes'
+        DynamicMap itself: a Tap on a DynamicMap that returns an Overlay receives no clicks (HoloViews 1.23)."""
+        layers = self.layers
+        self.diagram_boxes = hv.DynamicMap(self._diagram_boxes, streams=[self.diagram_pipe])
+        self.diagram_tap = hv.streams.Tap(source=self.diagram_boxes, x=None, y=None)
+        self.diagram_tap.add_subscriber(self._on_diagram_tap)
+        labels = hv.Labels(pd.DataFrame({"x": np.arange(len(layers)) + 0.5, "y": np.full(len(layers), -0.55),
+                                         "text": [f"{x['name']} {x['type']}" for x in layers]}), kdims=["x", "y"], vdims=["text"])
+        self.diagram_pane.object = (self.diagram_boxes * labels.opts(
+            angle=60, text_font_size="8pt", text_align="right", text_baseline="middle", text_color="#333333")).opts(
+            height=280, responsive=True, xaxis=None, yaxis=None, toolbar=None, show_frame=False,
+            xlim=(-1.5, max(1, len(layers)) + 0.1), ylim=(-2.9, 0.6), title="")
+
+    def _diagram_boxes(self, data: str) -> hv.Rectangles:
+        """A box per layer in order, coloured by type, sized by its output (box_heights); the picked one outlined;
+        hover names layer, type and output shape."""
+        layers = self.layers
+        types = sorted({x["type"] for x in layers})
+        palette = {t: Category10_10[i % 10] for i, t in enumerate(types)}
+        heights = box_heights(layers) if layers else np.empty(0)
+        rows = [(i + 0.08, -h / 2, i + 0.92, h / 2, x["name"], x["type"], "×".join(map(str, x["output_shape"])),
+                 palette[x["type"]], 3 if x["name"] == data else 0.5, "#000000" if x["name"] == data else "#888888")
+                for i, (x, h) in enumerate(zip(layers, heights))]
+        frame = pd.DataFrame(rows, columns=["x0", "y0", "x1", "y1", "name", "type", "shape", "color", "width", "line"])
+        boxes = hv.Rectangles(frame, kdims=["x0", "y0", "x1", "y1"], vdims=["name", "type", "shape", "color", "width", "line"])
+        return boxes.opts(color="color", line_width="width", line_color="line", tools=["hover", "tap"],
+                          hover_tooltips=[("layer", "@name"), ("type", "@type"), ("output", "@shape")], nonselection_alpha=1.0)
+
+    @shows_errors
+    def _on_diagram_tap(self, x=None, y=None) -> None:
+        """A click on the diagram picks the layer whose box column holds x."""
+        if x is None or not self.layers:
+            return
+        i = math.floor(x)
+        if 0 <= i < len(self.layers):
+            self.layer = self.layers[i]["name"]
+
+    def _draw_embedding(self) -> None:
+        """The picked layer's activation embedding (analysis `activation-<layer>`), coloured by true class."""
+        self.embedding_tap = None
+        name = f"activation-{self.layer}"
+        if self.layer_problem() or name not in self.project.analyses:
+            self.embedding_note.object = (f"No activation embedding for layer **{self.layer}**: the store has no analysis "
+                                          f"`{name}` (compute it with `relaylab.analyze.activations.analyze_activations`).")
+            self.embedding_note.visible = True
+            self.embedding_pane.object = None
+            self._points, self._point_samples = np.empty((0, 2)), np.empty(0, dtype=np.int64)
+            return
+        node = self.project.analyses[name][CATEGORY]
+        available = sorted(node["embedding"].children) if "embedding" in node.children else []
+        self._choosing_embedding = True  # the Select follows; this is no new choice of the user's
+        try:
+            self.param.embedding.objects = available
+            if self.embedding not in available:
+                self.embedding = "tsne" if "tsne" in available else (available[0] if available else None)
+        finally:
+            self._choosing_embedding = False
+        if self.embedding is None:
+            self.embedding_note.object = f"The analysis `{name}` holds no embedding."
+            self.embedding_note.visible = True
+            self.embedding_pane.object = None
+            return
+        self.embedding_note.visible = False
+        coords = np.asarray(node["embedding"][self.embedding]["embedding"].values[:, :2], dtype=np.float64)
+        samples = np.asarray(node["index"].values, dtype=np.int64)
+        labels = self.project.inputs["label"].sel(sample=samples).values
+        if labels.ndim == 2:  # multi-label: colour by the first class set
+            labels = labels.argmax(axis=1)
+        texts = {c: f"{c}: {n}" for c, n in self.class_names.items()}  # colours follow the class index, on every layer
+        palette = {texts[c]: Category20_20[i % 20] for i, c in enumerate(texts)}
+        frame = pd.DataFrame({"x": coords[:, 0], "y": coords[:, 1], "sample": samples,
+                              "class": pd.Categorical([texts.get(int(c), str(c)) for c in labels],
+                                                      categories=[t for t in texts.values() if t in set(map(texts.get, labels.tolist()))])})
+        self._points, self._point_samples = coords, samples
+        self.marker_pipe.send(self._marker_points())
+        points = hv.Points(frame, kdims=["x", "y"], vdims=["sample", "class"])
+        classes = list(frame["class"].cat.categories)
+        if len(frame) > DATASHADE_ABOVE:
+            import datashader as ds
+            from holoviews.operation.datashader import datashade, dynspread
+
+            base = dynspread(datashade(points, aggregator=ds.count_cat("class"), color_key=palette))
+        else:
+            base = points.opts(color="class", cmap=palette, size=5, tools=["hover", "tap"], nonselection_alpha=1.0,
+                               show_legend=len(classes) <= 20, legend_position="right")
+        marker = hv.DynamicMap(lambda data: hv.Points(data, kdims=["x", "y"]), streams=[self.marker_pipe])
+        low, high = coords.min(axis=0), coords.max(axis=0)
+        pad = np.where(high > low, (high - low) * 0.05, 1.0)  # fixed limits: the ringed point must not move the view
+        plot = (base * marker.opts(marker="circle", size=14, fill_alpha=0, line_color="black", line_width=2)).opts(
+            responsive=True, min_height=360, title=f"{self.embedding} of the activations of {self.layer}",
+            xaxis=None, yaxis=None, xlim=(low[0] - pad[0], high[0] + pad[0]), ylim=(low[1] - pad[1], high[1] + pad[1]))
+        self.embedding_tap = hv.streams.Tap(source=base, x=None, y=None)  # not the Overlay: see _build_diagram
+        self.embedding_tap.add_subscriber(self._on_embedding_tap)
+        self.embedding_pane.object = plot
+
+    def _marker_points(self) -> np.ndarray:
+        hit = np.flatnonzero(self._point_samples == self.sample) if self.sample is not None else []
+        return self._points[hit] if len(hit) else np.empty((0, 2))
+
+    @shows_errors
+    def _on_embedding_tap(self, x=None, y=None) -> None:
+        """A click picks the nearest point (distances measured relative to the embedding's extent)."""
+        if x is None or y is None or not len(self._points):
+            return
+        span = np.ptp(self._points, axis=0)
+        span[span == 0] = 1
+        distance = (((self._points - (x, y)) / span) ** 2).sum(axis=1)
+        self.sample = int(self._point_samples[np.argmin(distance)])
+
+    def _draw_sample(self) -> None:
+        """Image, labels, top-10 predictions, heatmaps and channel activations of the picked sample."""
+        self.marker_pipe.send(self._marker_points())
+        ok = self._show_problems()
+        if self.sample is None or not ok:
+            self.sample_info.object = "Click a point of the embedding to pick a sample." if ok else ""
+            for pane in (self.image_pane, self.cam_pane, self.overlay_pane, self.lrp_pane):
+                pane.object = None
+            self.bars_pane.object = None
+            self.channel_grid.items = []
+            self.zoom_pane.object = None
+            return
+        rgb = np.asarray(input_rgb(self.project, self.sample))
+        self.image_pane.param.update(object=encode_png(rgb), stylesheets=pixel_css(rgb.shape[0], rgb.shape[1]))
+        top = self.explainer.predictions(self.sample, top=10)
+        names = self.class_names
+        true = self.project.inputs["label"].sel(sample=self.sample).values
+        true_text = ", ".join(names.get(int(c), str(c)) for c in np.flatnonzero(true)) if true.ndim else names.get(int(true), str(true))
+        self.sample_info.object = (f"**Sample {self.sample}** — true: **{true_text}**, "
+                                   f"predicted: **{top[0]['name']}** ({top[0]['score']:.1%})")
+        bars = hv.Bars([(f"{p['class']}: {p['name']}", p["score"]) for p in top[::-1]], kdims=["class"], vdims=["probability"])
+        self.bars_pane.object = bars.opts(invert_axes=True, width=360, height=280, title="top-10 predictions", color="#4c72b0",
+                                          xlabel="", tools=["hover"], toolbar=None)
+        self.label_select.param.update(options=self._label_options(), value=PREDICTED if self.label is None else self.label)
+        self._draw_heatmaps()
+        self._draw_channels()
+
+    @shows_errors
+    def _on_label_select(self, event) -> None:
+        label = None if event.new in (None, PREDICTED) else event.new
+        if self.explainer is not None and label != self.label:
+            self.label = label
+
+    def _draw_heatmaps(self) -> None:
+        """CAM of the chosen method at the chosen depth (alone and over the input, as 003 shows it), and LRP, all for
+        the explained label."""
+        label = self.effective_label
+        if self.sample is None or label is None:
+            return
+        names = self.class_names
+        lrp = self.explainer.lrp(self.sample, label)
+        self.lrp_pane.param.update(object=encode_png(heatmap_rgba(lrp, self.colormap)),
+                                   stylesheets=pixel_css(lrp.shape[-2], lrp.shape[-1]))
+        if not self.cam_layers:
+            self.cam_pane.object = self.overlay_pane.object = None
+            self.heatmap_title.object = f"Heatmaps for **{names.get(label, label)}**; the model has no layer usable for CAMs."
+            return
+        cam_layer = self.cam_layers[self.depth]
+        cam = self.explainer.cam(self.sample, label, cam_layer, method=self.cam_method)
+        self.cam_pane.param.update(object=encode_png(heatmap_rgba(cam, self.colormap)),
+                                   stylesheets=pixel_css(cam.shape[-2], cam.shape[-1]))
+        self.overlay_pane.param.update(object=encode_png(overlay_rgba(input_rgb(self.project, self.sample), cam, self.colormap)),
+                                       stylesheets=pixel_css(cam.shape[-2], cam.shape[-1]))
+        self.heatmap_title.object = (f"Heatmaps for **{label}: {names.get(label, label)}** — {self.cam_method} at depth "
+                                     f"{self.depth} of {len(self.cam_layers) - 1} (layer `{cam_layer}`)")
+
+    def channel_activations(self) -> tuple[np.ndarray, np.ndarray]:
+        """The picked sample's activations at the picked layer, as (C, h, w), with the per-channel scores."""
+        acts, scores = self.explainer.layer_activations(self.sample, self.layer)
+        acts = np.asarray(acts)
+        if acts.ndim < 3:  # flat (C,) or sequence-like (C, L) outputs: one row per channel
+            acts = acts.reshape(acts.shape[0], 1, -1)
+        return acts, np.asarray(scores)
+
+    def channel_order_of(self, scores: np.ndarray) -> np.ndarray:
+        """Channels in display order: by descending score (ties by index), or by index."""
+        return np.argsort(-scores, kind="stable") if self.channel_order == "score" else np.arange(len(scores))
+
+    def _draw_channels(self) -> None:
+        """Channel thumbnails (conv layers) or one zoomable heatmap of all units (flat layers, as in 002's fig. 3)."""
+        if self.sample is None or self.layer_problem() or self.sample_problem():
+            self.channel_grid.items = []
+            self.zoom_pane.object = None
+            return
+        acts, scores = self.channel_activations()
+        if acts.shape[1] * acts.shape[2] == 1:  # a flat layer: units, not feature maps
+            self.channel_grid.items = []
+            units = acts.reshape(-1)
+            width = math.ceil(math.sqrt(units.size))
+            grid = np.full(width * math.ceil(units.size / width), np.nan, dtype=np.float32)
+            grid[:units.size] = units
+            self.channel_title.object = f"`{self.layer}` is flat: its {units.size} units, row by row"
+            self.zoom_pane.object = self._zoomable(grid.reshape(-1, width), f"{self.layer}: units")
+            return
+        order = self.channel_order_of(scores)
+        self.channel_grid.items = [{"channel": int(c), "score": float(scores[c]), "src": thumbnail(heatmap_rgba(acts[c], self.colormap))}
+                                   for c in order]
+        self.channel_title.object = (f"`{self.layer}`: {acts.shape[0]} channels of {acts.shape[1]}×{acts.shape[2]}, "
+                                     f"by {'entropy × magnitude score' if self.channel_order == 'score' else 'index'}; click one to zoom")
+        self._draw_zoom()
+
+    def _draw_zoom(self) -> None:
+        """The clicked channel at full resolution, with wheel zoom and value hover."""
+        if self.sample is None or self.channel is None:
+            self.zoom_pane.object = None
+            return
+        acts, _ = self.channel_activations()
+        if not 0 <= self.channel < acts.shape[0] or acts.shape[1] * acts.shape[2] == 1:
+            self.zoom_pane.object = None
+            return
+        self.zoom_pane.object = self._zoomable(acts[self.channel], f"{self.layer}: channel {self.channel}")
+
+    @staticmethod
+    def _zoomable(values: np.ndarray, title: str) -> hv.Image:
+        h, w = values.shape
+        return hv.Image(values, bounds=(0, 0, w, h), kdims=["column", "row"], vdims=["activation"]).opts(
+            cmap="fire", colorbar=True, tools=["hover"], active_tools=["wheel_zoom"], title=title,
+            width=420, height=400, data_aspect=1, xaxis=None, yaxis=None)

@@ -1,0 +1,206 @@
+"""LayerInspector driven through its params and click streams (no browser): a real store, a real tiny CNN, the real
+SampleExplainer; what the panes show is read back (PNG bytes → arrays, HoloViews elements) and checked against an
+independent SampleExplainer on the same store."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+from torch import nn
+
+from relaylab.analyze.activations import layer_tree
+from relaylab.data import store as zstore
+from relaylab.data.labels import label_map_from_entries
+from relaylab.data.project import open_project
+from relaylab.explain.live import SampleExplainer
+from relaylab.explain.models import ModelSpec, record_model
+from relaylab.explore.images import heatmap_rgba
+from relaylab.explore.layers import LayerInspector, png_array
+
+N, CLASSES = 12, 3
+
+
+def TinyCNN() -> nn.Module:
+    """Three conv blocks and a linear head on 1×16×16 images (the `module:callable` the store records)."""
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(4, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(6, 8, 3, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, CLASSES),
+    )
+
+
+def write_inputs(path, rng) -> None:
+    label_map = label_map_from_entries([{"index": i, "word_net_id": f"n{i:08d}", "name": f"class-{i}"} for i in range(CLASSES)])
+    zstore.create_store(path, project={"name": "tiny", "model": "tiny-cnn", "description": ""}, dataset={"name": "noise"},
+                        label_map=label_map, source="test_layers_view")
+    images = rng.integers(0, 256, size=(N, 1, 16, 16), dtype=np.uint8)
+    inputs = xr.Dataset({"input": (("sample", "channel", "y", "x"), images)},
+                        coords={"sample": np.arange(N), "label": ("sample", np.arange(N) % CLASSES)})
+    zstore.write_dataset(path, "inputs", inputs, kind="inputs", attrs={"name": "noise", "value_range": [0, 255]}, progress=False)
+
+
+def write_model_store(path, rng) -> None:
+    """Inputs and a recorded tiny CNN with its weights beside the store (status not yet complete)."""
+    write_inputs(path, rng)
+    torch.manual_seed(0)
+    torch.save(TinyCNN().state_dict(), path.parent / "tiny.pt")
+    record_model(path, ModelSpec(model=f"{__name__}:TinyCNN", weights="tiny.pt", input_shape=(1, 16, 16), mean=(0.5,), std=(0.25,),
+                                 base=str(path.parent)))
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """A complete store with a recorded tiny CNN and one activation embedding (layer `2`, category `all`)."""
+    folder = tmp_path_factory.mktemp("layers")
+    path = folder / "project.zarr"
+    rng = np.random.default_rng(0)
+    write_model_store(path, rng)
+    members = rng.permutation(N)
+    # the layout analyze_activations writes (contract 4), with made-up coordinates: the view only reads them
+    tree = layer_tree(members, {"pca": rng.normal(size=(N, 2)).astype(np.float32)}, {})
+    zstore.write_analysis(path, "activation-2", tree, progress=False)
+    zstore.update_store_metadata(path, status="complete")
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference(store):
+    """An explainer of its own, so what the view shows is compared with values computed independently of it."""
+    with open_project(store) as project:
+        yield SampleExplainer(project)
+
+
+@pytest.fixture
+def inspector(store):
+    view = LayerInspector(project_path=str(store))
+    yield view
+    view.project.close()
+
+
+def test_clicking_the_diagram_picks_the_layer(inspector, reference):
+    names = [layer["name"] for layer in reference.layers]
+    assert [x["name"] for x in inspector.layers] == names
+    inspector.diagram_tap.event(x=4.5, y=0.0)  # the fifth box
+    assert inspector.layer == names[4]
+    boxes = inspector.diagram_boxes[()]
+    widths = dict(zip(boxes.dimension_values("name"), boxes.dimension_values("width")))
+    assert widths[names[4]] > max(w for n, w in widths.items() if n != names[4])  # the picked box is outlined
+    inspector.diagram_tap.event(x=-0.6, y=0.0)  # left of the first box: nothing picked
+    assert inspector.layer == names[4]
+
+
+def test_clicking_the_embedding_picks_the_sample(inspector, store):
+    inspector.layer = "2"
+    assert not inspector.embedding_note.visible and inspector.embedding == "pca"
+    analysis = zstore.open_analysis(store, "activation-2")["all"]
+    coords, index = analysis["embedding"]["pca"]["embedding"].values, analysis["index"].values
+    j = int(np.argmax(coords[:, 0]))
+    inspector.embedding_tap.event(x=coords[j, 0] + 1e-3, y=coords[j, 1])
+    assert inspector.sample == int(index[j])
+    assert f"Sample {index[j]}" in inspector.sample_info.object
+    assert np.allclose(inspector.marker_pipe.data, coords[j:j + 1])  # the picked point is ringed
+    inspector.layer = "0"  # no activation analysis for this one: a note, no plot
+    assert inspector.embedding_note.visible and "activation-0" in inspector.embedding_note.object
+    assert inspector.embedding_pane.object is None
+
+
+def test_predictions_and_true_label(inspector, reference):
+    inspector.sample = 5
+    top = reference.predictions(5, top=10)
+    bars = inspector.bars_pane.object
+    assert list(bars.dimension_values("probability"))[::-1] == pytest.approx([p["score"] for p in top])
+    assert f"true: **class-{5 % CLASSES}**" in inspector.sample_info.object
+    assert f"predicted: **{top[0]['name']}**" in inspector.sample_info.object
+    assert inspector.label is None and inspector.effective_label == top[0]["class"]
+    predicted_option = [k for k, v in inspector.label_select.options.items() if v == inspector.label_select.value]
+    assert predicted_option == [f"predicted ({top[0]['name']})"]
+
+
+def test_channel_grid_order(inspector, reference):
+    inspector.param.update(layer="3", sample=7)
+    acts, scores = reference.layer_activations(7, "3")
+    shown = [item["channel"] for item in inspector.channel_grid.items]
+    assert shown == np.argsort(-scores, kind="stable").tolist()
+    assert [item["score"] for item in inspector.channel_grid.items] == pytest.approx(np.sort(scores)[::-1].tolist())
+    inspector.channel_order = "index"
+    assert [item["channel"] for item in inspector.channel_grid.items] == list(range(acts.shape[0]))
+    inspector.channel_grid.channel = 2  # what a click on a thumbnail does in the browser
+    assert inspector.channel == 2
+    zoomed = inspector.zoom_pane.object
+    # dimension_values lists rows bottom-up (y ascending); the array's first row is shown at the top
+    assert np.array_equal(np.flipud(zoomed.dimension_values("activation", flat=False)), acts[2])
+    assert zoomed.bounds.lbrt() == (0, 0, acts.shape[2], acts.shape[1])  # full resolution: one unit per pixel
+
+
+def test_depth_slider_and_heatmaps(inspector, reference):
+    cam_layers = reference.cam_layers
+    slider = inspector.depth_slider
+    assert slider.end - slider.start + 1 == len(cam_layers)
+    shapes = {x["name"]: x["output_shape"] for x in reference.layers}
+    assert shapes[cam_layers[-1]][1:] == [1, 1]  # the 1×1 pool: a CAM there is flat, so the default is one before
+    assert inspector.depth == slider.value == len(cam_layers) - 2
+    inspector.sample = 4
+    label = reference.predictions(4, top=1)[0]["class"]
+    shown = []
+    for d in range(len(cam_layers)):
+        slider.value = d
+        assert inspector.depth == d
+        expected = heatmap_rgba(reference.cam(4, label, cam_layers[d], method="gradcam"), inspector.colormap)
+        shown.append(png_array(inspector.cam_pane.object))
+        assert np.array_equal(shown[-1], expected)
+    assert not np.array_equal(shown[0], shown[-1])
+    other = (label + 1) % CLASSES
+    inspector.param.update(cam_method="layercam")
+    inspector.label_select.value = other  # choosing a class name in the Select explains that class
+    assert inspector.label == other
+    d = inspector.depth
+    assert np.array_equal(png_array(inspector.cam_pane.object),
+                          heatmap_rgba(reference.cam(4, other, cam_layers[d], method="layercam"), inspector.colormap))
+    assert np.array_equal(png_array(inspector.lrp_pane.object), heatmap_rgba(reference.lrp(4, other), inspector.colormap))
+
+
+def test_bad_requests_show_an_alert(inspector):
+    inspector.sample = 999
+    assert inspector.alert.visible and "Unknown sample 999" in inspector.alert.object
+    assert inspector.cam_pane.object is None and inspector.channel_grid.items == []
+    inspector.sample = 1
+    assert not inspector.alert.visible and inspector.cam_pane.object is not None
+    inspector.layer = "no.such.layer"
+    assert inspector.alert.visible and "Unknown layer 'no.such.layer'" in inspector.alert.object
+    inspector.layer = "0"
+    inspector.label = 17
+    assert inspector.alert.visible and "Unknown label 17" in inspector.alert.object
+
+
+def test_store_without_a_model(tmp_path):
+    path = tmp_path / "bare.zarr"
+    write_inputs(path, np.random.default_rng(1))
+    zstore.update_store_metadata(path, status="complete")
+    view = LayerInspector(project_path=str(path))
+    shown = view.panel().objects
+    assert len(shown) == 1 and "not available" in shown[0].object and "model" in shown[0].object
+    view.project.close()
+
+
+def test_flat_layer_shows_its_units(inspector, reference):
+    inspector.param.update(layer="9", sample=2)  # the linear head: (3, 1, 1), no feature maps to tile
+    acts, _ = reference.layer_activations(2, "9")
+    assert inspector.channel_grid.items == []
+    units = np.flipud(inspector.zoom_pane.object.dimension_values("activation", flat=False)).reshape(-1)
+    assert np.array_equal(units[:acts.size], acts.reshape(-1)) and np.isnan(units[acts.size:]).all()
+
+
+def test_a_failing_explanation_shows_an_alert(tmp_path):
+    """A layer listing from another model (here one layer the network lacks): the click shows the problem, no traceback."""
+    path = tmp_path / "ghost.zarr"
+    write_model_store(path, np.random.default_rng(2))
+    model = zstore.store_metadata(path)["model"]
+    model["layers"].append({"name": "ghost", "type": "Conv2d", "output_shape": [4, 16, 16]})
+    zstore.update_store_metadata(path, model=model, status="complete")
+    view = LayerInspector(project_path=str(path))
+    view.sample = 0
+    assert view.alert.visible and "ghost" in view.alert.object
+    view.project.close()
