@@ -98,10 +98,10 @@ class Explainer:
         from zennit.composites import COMPOSITES
 
         kwargs = {"canonizers": canonizers_for(self.model, self.canonizer)}
-        if name in ("epsilon_plus", "epsilon_plus_flat"):  # zennit's numbers, one ZPlus term less after ReLUs
-            from .rules import fast_layer_map
+        if name in ("epsilon_plus", "epsilon_plus_flat"):  # zennit's numbers with half its passes (see rules.py)
+            from .rules import fast_maps
 
-            kwargs["layer_map"] = fast_layer_map()
+            kwargs.update(fast_maps(name))
         if name == "epsilon_gamma_box":
             kwargs.update(low=self.bounds[0], high=self.bounds[1])
         return COMPOSITES[name](**kwargs)

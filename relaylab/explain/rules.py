@@ -1,21 +1,59 @@
 """LRP rules that give zennit's numbers with less work.
 
+zennit computes a rule's relevance in a hook on the layer's input gradient: autograd first runs the layer's own
+backward pass, whose result the hook then throws away. `Direct` rules instead replace the layer's output by a custom
+autograd function whose backward pass is the rule itself (zennit's own `BasicHook.backward`), so the layer's plain
+backward never runs.
+
 zennit's `ZPlus` (alpha=1, beta=0) runs two modified forward and backward passes per layer: one for the positive
 part of the input with the positive weights, one for the negative part with the negative weights. After a ReLU (the
 case for every convolution but the first in VGG and ResNet) a layer's input has no negative entry, so the second
 term is exactly zero: its input is all zeros and its bias is zeroed. `ZPlus` here skips it then, and falls back to
 zennit's two-term computation whenever the input has a negative entry, so the relevance is the same bit for bit
-(up to the sign of zeros). On VGG16 that is two of the six convolution passes per layer that LRP spends.
+(up to the sign of zeros). Together, a convolution costs three passes (forward, modified forward, modified backward)
+instead of zennit's six, against a plain gradient's two.
 """
 
 from __future__ import annotations
 
 import torch
 from zennit import rules
-from zennit.core import ParamMod
+from zennit.core import ParamMod, RemovableHandle, RemovableHandleList
 
 
-class ZPlus(rules.ZPlus):
+class _Relevance(torch.autograd.Function):
+    """Passes the layer's output through; its backward pass is the rule's relevance for the layer's input."""
+
+    @staticmethod
+    def forward(ctx, input, output, hook, module):
+        ctx.save_for_backward(input)
+        ctx.hook, ctx.module = hook, module
+        return output.view_as(output)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (input,) = ctx.saved_tensors
+        ctx.hook.stored_tensors["input"] = (input,)
+        try:
+            (relevance,) = ctx.hook.backward(ctx.module, (input,), (grad_output,))
+        finally:
+            ctx.hook.stored_tensors.pop("input", None)
+        return relevance, None, None, None
+
+
+class Direct:
+    """Mixin for a zennit `BasicHook` rule: the same relevance, without the layer's discarded plain backward pass."""
+
+    def register(self, module):
+        return RemovableHandleList([RemovableHandle(self), module.register_forward_hook(self._replace_output)])
+
+    def _replace_output(self, module, input, output):
+        if not (torch.is_grad_enabled() and isinstance(output, torch.Tensor) and input and input[0].requires_grad):
+            return None
+        return _Relevance.apply(input[0], output.detach(), self, module)
+
+
+class ZPlus(Direct, rules.ZPlus):
     """zennit's ZPlus rule, one term instead of two on non-negative inputs."""
 
     def backward(self, module, grad_input, grad_output):
@@ -32,8 +70,22 @@ class ZPlus(rules.ZPlus):
         return tuple(relevance if original.shape == relevance.shape else None for original in grad_input)
 
 
-def fast_layer_map(stabilizer: float = 1e-6, zero_params=None) -> list:
-    """Prepended to a composite's layer map: convolutions get the one-term ZPlus where zennit's would use ZPlus."""
-    from zennit.types import Convolution
+class Epsilon(Direct, rules.Epsilon):
+    """zennit's Epsilon rule."""
 
-    return [(Convolution, ZPlus(stabilizer=stabilizer, zero_params=zero_params))]
+
+class Flat(Direct, rules.Flat):
+    """zennit's Flat rule."""
+
+
+def fast_maps(composite: str, epsilon: float = 1e-6, stabilizer: float = 1e-6, zero_params=None) -> dict:
+    """`layer_map` and `first_map` arguments that make zennit's EpsilonPlus / EpsilonPlusFlat use these rules
+    (prepended to the composite's own maps, so they take precedence; every other layer keeps zennit's rule)."""
+    from torch import nn
+    from zennit.types import Convolution, Linear
+
+    maps = {"layer_map": [(Convolution, ZPlus(stabilizer=stabilizer, zero_params=zero_params)),
+                          (nn.Linear, Epsilon(epsilon=epsilon, zero_params=zero_params))]}
+    if composite == "epsilon_plus_flat":
+        maps["first_map"] = [(Linear, Flat(stabilizer=stabilizer, zero_params=zero_params))]
+    return maps
