@@ -211,7 +211,7 @@ def write_dataset(path: str | Path, group: str, ds: xr.Dataset, *, kind: str, at
     todo = [b for b in np.flatnonzero(~done[:]).tolist()]
     arrays = {name: root[f"{group}/{name}"] for name in lazy}
     with tqdm(total=n, initial=n - sum(min(rows, n - b * rows) for b in todo), unit="sample", desc=group,
-              disable=not progress, leave=False) as bar, ThreadPoolExecutor(max_workers=_workers()) as pool, \
+              disable=not progress, leave=False) as bar, ThreadPoolExecutor(max_workers=usable_cores()) as pool, \
             ThreadPoolExecutor(max_workers=1) as storing:
         writers = {name: ShardWriter(array, pool) if ShardWriter.usable(array) else None for name, array in arrays.items()}
 
@@ -244,7 +244,7 @@ def write_dataset(path: str | Path, group: str, ds: xr.Dataset, *, kind: str, at
     del root[progress_key(group)]
 
 
-def _workers() -> int:
+def usable_cores() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
 
 
@@ -263,7 +263,7 @@ class ShardWriter:
     def __init__(self, array: zarr.Array, pool: ThreadPoolExecutor, workers: int | None = None):
         self.array = array
         self.pool = pool
-        self.workers = workers or _workers()
+        self.workers = workers or usable_cores()
         meta = array.metadata
         self.sharding: ShardingCodec = meta.codecs[0]
         self.shard_shape = tuple(meta.chunk_grid.chunk_shape)
