@@ -145,6 +145,9 @@ def convert_to_virelay(project_path: str | os.PathLike, out: str | os.PathLike, 
         raise RelaylabError.at(out, "", "a new output folder", "it exists already")
     project = open_project(project_path)
     partial = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent if out.parent.exists() else None))
+    umask = os.umask(0)
+    os.umask(umask)
+    partial.chmod(0o777 & ~umask)  # mkdtemp makes it private (0700); the result is an ordinary folder
     try:
         with project:
             write_virelay(project, partial, attribution, progress)
