@@ -1,0 +1,247 @@
+"""The explorer app: one tab per project, each with the analysis view, the sample grid and (with a model) the layer
+inspector, all driven by one `ViewState` per project tab.
+
+`build_app` is called once per browser session (by `panel serve apps/explorer.py` and by `relaylab serve`), so
+sessions never share state; they share only read-only data (open projects, point arrays, rendered PNGs). The URL
+query carries the active tab's view: it is applied when the page is opened and rewritten as the view changes, so the
+address bar is always a share link. Bad requests (an unknown sample in a link, a missing analysis, an unknown colour
+map, a broken state file) become a message at the top of the page, never a traceback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import io
+import json
+import logging
+import os
+from pathlib import Path
+
+import panel as pn
+
+from ..errors import RelaylabError
+from . import images
+from . import state as vs
+from .embedding import EmbeddingView
+from .grid import SampleGrid
+
+log = logging.getLogger(__name__)
+
+STYLE = """
+.rl-footer { color: #555; font-size: 0.9em; border-top: 1px solid #ddd; padding-top: 4px; }
+"""
+
+
+GRID_FIELDS = {"selection": "samples", "page": "page", "page_size": "page_size", "mode": "mode", "colormap": "colormap",
+               "sampling": "sampling", "analysis": "analysis", "category": "category", "clustering": "clustering"}
+
+
+def readable(project) -> tuple:
+    """The project without the analyses that cannot be opened (e.g. left half-written by a killed job), and why."""
+    problems, analyses = [], {}
+    for name in project.analyses:
+        try:
+            analyses[name] = project.analyses[name]
+        except RelaylabError as error:
+            problems.append(f"{project.name}: analysis '{name}' is left out: {error}")
+    return (project if len(analyses) == len(project.analyses) else dataclasses.replace(project, analyses=analyses)), problems
+
+
+def has_model(project) -> bool:
+    return bool((project.metadata.get("store", {}).get("model") or {}).get("layers"))
+
+
+class ProjectView(pn.viewable.Viewer):
+    """One project's tab: toolbox, embedding view, sample grid, layer inspector; its own ViewState."""
+
+    def __init__(self, project, **params):
+        super().__init__(**params)
+        self.project = project
+        self.state = vs.ViewState(project=project.name, name=f"view-{project.name}")
+        self.state.apply(vs.fitted_values(project, self.state.values()))
+        attribution = next(iter(project.attributions), None)
+        self.embedding = EmbeddingView(project, self.state, thumbnail=self.thumbnail)
+        self.grid = SampleGrid(project_path=str(project.path), attribution=attribution, **self._grid_values())
+        self.grid.param.watch(lambda event: self.state.apply({"page": event.new}), "page")
+        self.state.param.watch(self._update_grid, list(GRID_FIELDS))
+        self.mode = pn.widgets.RadioButtonGroup.from_param(self.state.param.mode, label="Display", color="default", css_classes=["rl-mode"])
+        self.sampling = pn.widgets.RadioButtonGroup.from_param(self.state.param.sampling, label="Sampling", color="default",
+                                                               css_classes=["rl-sampling"])
+        self.colormap = pn.widgets.Select(label="Colour map", options=list(images.COLORMAPS), value=self.state.colormap, width=160,
+                                          css_classes=["rl-colormap"])
+        self.colormap.link(self.state, value="colormap", bidirectional=True)
+        self.preview = pn.pane.HTML(width=260, css_classes=["rl-colormap-preview"])
+        self.state.param.watch(lambda event: self._show_preview(), "colormap")
+        self._show_preview()
+        self.inspector = None
+        if has_model(project):
+            from .layers import LayerInspector
+
+            self.inspector = LayerInspector(project_path=str(project.path), layer=self.state.layer, sample=self.state.sample)
+            self.inspector.param.watch(lambda *events: self.state.apply({e.name: e.new for e in events}), ["layer", "sample"])
+            self.state.param.watch(lambda *events: self.inspector.param.update(**{e.name: e.new for e in events}), ["layer", "sample"])
+
+    def thumbnail(self, sample: int) -> str:
+        return images.image_url(self.project.path, sample, "input")
+
+    def _grid_values(self, fields=None) -> dict:
+        return {GRID_FIELDS[f]: list(self.state.selection) if f == "selection" else getattr(self.state, f) for f in fields or GRID_FIELDS}
+
+    def _update_grid(self, *events) -> None:
+        self.grid.param.update(**self._grid_values({event.name for event in events}))
+
+    def _show_preview(self) -> None:
+        self.preview.object = f'<img src="{images.colormap_url(self.state.colormap)}" width="256" height="16" alt="{self.state.colormap}">'
+
+    def footer(self) -> str:
+        name, dataset, model = (html.escape(text or "?") for text in (self.project.name, self.project.dataset_name, self.project.model))
+        return (f'<div class="rl-footer" data-project="{name}"><b>Project</b> {name} &nbsp;·&nbsp; '
+                f"<b>Dataset</b> {dataset} &nbsp;·&nbsp; <b>Model</b> {model}</div>")
+
+    def __panel__(self):
+        viewer = pn.Row(self.mode, self.sampling, self.colormap, self.preview, align="center", css_classes=["rl-viewer-toolbox"])
+        parts = [self.embedding, pn.pane.Markdown("### Samples"), viewer, self.grid]
+        if self.inspector is not None:
+            parts += [pn.pane.Markdown("### Layers"), self.inspector]
+        return pn.Column(*parts)
+
+
+class ExplorerApp(pn.viewable.Viewer):
+    """Tabs of projects, import/export/share toolbar, message area and footer, for one browser session."""
+
+    def __init__(self, paths: list[str | os.PathLike], message: str | None = None, **params):
+        super().__init__(**params)
+        self.alert = pn.pane.Alert("", alert_type="danger", visible=False, sizing_mode="stretch_width", css_classes=["rl-alert"])
+        self.views: list[ProjectView] = []
+        problems = []
+        for path in paths:
+            try:
+                project, broken = readable(images.shared_project(path))
+                problems += broken
+                images.register_project(project.path)
+                if any(v.project.name == project.name for v in self.views):
+                    raise RelaylabError.at(path, "project.name", "a project name not used by another served project", repr(project.name))
+                self.views.append(ProjectView(project))
+            except RelaylabError as error:
+                problems.append(str(error))
+        self.tabs = pn.Tabs(*((v.project.name, v) for v in self.views), dynamic=True, css_classes=["rl-projects"])
+        self.footer = pn.pane.HTML(css_classes=["rl-footer-pane"], sizing_mode="stretch_width")
+        self.share = pn.widgets.TextInput(label="Share link", width=520, css_classes=["rl-share"])
+        self.share_note = pn.pane.HTML("", visible=False, width=260, css_classes=["rl-share-note"], styles={"color": "#8a6d00"})
+        self.export = pn.widgets.FileDownload(callback=self._export, filename="relaylab-state.json", label="Export state",
+                                              color="default", width=140, css_classes=["rl-export"])
+        self.import_ = pn.widgets.FileInput(accept=".json", label="Import state", width=240, css_classes=["rl-import"])
+        self.import_.param.watch(self._on_import, "value")
+        self.tabs.param.watch(lambda event: self._on_view_change(), "active")
+        for view in self.views:
+            view.state.param.watch(lambda *events, view=view: self._on_view_change() if self.current is view else None,
+                                   list(vs.ViewState.FIELDS))
+        if problems:
+            self.show_error("Some projects or analyses could not be opened", problems)
+        elif not self.views:
+            self.show_error("No project to show", [message or "pass projects: `panel serve apps/explorer.py --args PROJECT...`, "
+                                                   "`relaylab serve PROJECT...`, or set RELAYLAB_PROJECTS"])
+        self._apply_session_query()
+        self._on_view_change()
+        if pn.state.curdoc is not None:
+            pn.state.onload(self._on_view_change)  # the browser's address (for the share link) is known from now on
+
+    @property
+    def current(self) -> ProjectView | None:
+        return self.views[self.tabs.active] if self.views else None
+
+    # ------------------------------------------------------------------------------------------------ messages
+
+    def show_error(self, title: str, problems: list[str]) -> None:
+        items = "".join(f"<li>{html.escape(p)}</li>" for p in problems)
+        self.alert.object = f"<b>{html.escape(title)}</b><ul>{items}</ul>"
+        self.alert.visible = True
+
+    def clear_error(self) -> None:
+        self.alert.visible = False
+
+    # ------------------------------------------------------------------------------------------------ URL, share, export
+
+    def _apply_session_query(self) -> None:
+        """A share link opened: switch to its project and restore its view, or say what is wrong with it."""
+        args = vs.query_args(pn.state.session_args) if pn.state.curdoc is not None and pn.state.session_args else {}
+        keys = {"project", "analysisMethod", "analysisCategory", "embedding", "clustering", "firstEmbeddingDimension",
+                "secondEmbeddingDimension", "colorBy", "colorMap", "imageMode", "imageSampling", "page", "pageSize", "layer",
+                "sample", "embeddingVectors"}
+        if not self.views or not keys & set(args):
+            return
+        try:
+            view = self.view_named(args["project"]) if "project" in args else self.current
+            view.state.from_query({k: args[k] for k in keys & set(args)}, projects=[view.project])
+            self.tabs.active = self.views.index(view)
+        except RelaylabError as error:
+            self.show_error("This link could not be opened; showing the default view instead", [str(p) for p in error.problems])
+
+    def view_named(self, name: str) -> ProjectView:
+        for view in self.views:
+            if view.project.name == name:
+                return view
+        raise RelaylabError.at("share link", "project", "one of the served projects: " + ", ".join(v.project.name for v in self.views), repr(name))
+
+    def _on_view_change(self) -> None:
+        view = self.current
+        if view is None:
+            return
+        query = view.state.to_query()
+        location = pn.state.location if pn.state.curdoc is not None else None
+        if location is not None and location.search != "?" + query:
+            location.search = "?" + query
+        base = location.href.split("?")[0].split("#")[0] if location is not None and location.href else ""
+        self.share.value = f"{base}?{query}"
+        omitted = not view.state.link_holds_selection()
+        self.share_note.object = (f"the selection ({len(view.state.selection)} samples) is too scattered for a link: "
+                                  "use Export state to keep it") if omitted else ""
+        self.share_note.visible = omitted
+        self.footer.object = view.footer()
+        self.export.filename = f"{view.project.name}-state.json"
+
+    def _export(self) -> io.StringIO:
+        view = self.current
+        document = view.state.to_virelay_json(view.project, project_id=self.views.index(view))
+        return io.StringIO(json.dumps(document, indent=1))
+
+    def _on_import(self, event) -> None:
+        if not event.new:
+            return
+        try:
+            self.import_state(event.new, file=self.import_.filename or "state file")
+        except RelaylabError as error:
+            self.show_error("The state file could not be imported; nothing was changed", [str(p) for p in error.problems])
+
+    def import_state(self, data: bytes | str | dict, file: str = "state file") -> None:
+        """Restore an exported state (relaylab's or ViRelAy's) in the tab of the project it names."""
+        if isinstance(data, bytes):
+            try:
+                data = json.loads(data)
+            except (json.JSONDecodeError, UnicodeDecodeError) as error:
+                raise RelaylabError.at(file, "", "a JSON file exported by relaylab or ViRelAy", str(error)) from None
+        if not isinstance(data, dict):
+            raise RelaylabError.at(file, "", "a JSON object", type(data).__name__)
+        project = vs.pick_project([v.project for v in self.views], data.get("projectName"), data.get("projectId"), file)
+        view = next(v for v in self.views if v.project is project)
+        view.state.from_json(data, projects=[view.project], file=file)
+        self.tabs.active = self.views.index(view)
+        self.clear_error()
+
+    def __panel__(self):
+        toolbar = pn.Row(self.export, self.import_, self.share, self.share_note, align="center", css_classes=["rl-toolbar"])
+        header = pn.Row(pn.pane.Markdown("## relaylab explorer", margin=(0, 10)), toolbar)
+        return pn.Column(header, self.alert, self.tabs, self.footer, sizing_mode="stretch_width", stylesheets=[STYLE])
+
+
+def build_app(projects: list[str | os.PathLike], message: str | None = None) -> pn.viewable.Viewable:
+    """The explorer for one browser session (call it per session: nothing in it is shared with other sessions).
+    `message` is shown when `projects` is empty (why there are none)."""
+    pn.extension(notifications=False)
+    try:
+        return ExplorerApp([Path(p) for p in projects], message=message).__panel__()
+    except Exception as error:  # a bug, not bad input: the page says so (the traceback goes to the server log)
+        log.exception("the explorer could not be built")
+        return pn.pane.Alert(f"**The explorer failed to start:** {type(error).__name__}: {html.escape(str(error))}. "
+                             "The server log has the details.", alert_type="danger", css_classes=["rl-alert"])

@@ -1,0 +1,50 @@
+"""`relaylab serve`: the explorer on a Panel server (the same app as `panel serve apps/explorer.py`)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import panel as pn
+
+    from ..data.project import open_projects
+    from . import images
+    from .app import build_app
+    from .embedding import warm_up
+
+    for project in open_projects(args.projects).values():  # every problem is reported before the server starts
+        project.close()
+    paths = [path.resolve() for path in args.projects]
+    warm_up()
+    origins = args.allow_websocket_origin or None
+    print(f"relaylab explorer: {len(paths)} project{'s' if len(paths) != 1 else ''} at http://{args.address or 'localhost'}:{args.port}/",
+          flush=True)
+    pn.serve({"/": lambda: build_app(paths)}, port=args.port, address=args.address, show=args.show, title="relaylab explorer",
+             websocket_origin=origins, extra_patterns=images.routes(), threaded=False, print=False)
+    return 0
+
+
+def add_commands(commands) -> None:
+    serve = commands.add_parser(
+        "serve", help="open projects in the explorer (a Panel web app)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Serve the explorer for one or more projects, one tab each: the analysis view (embeddings drawn by\n"
+                    "Datashader on the server, so millions of points stay interactive; box, lasso and click\n"
+                    "selection), the selected samples in a paged grid (input, attribution or overlay, ViRelAy's and\n"
+                    "zennit's colour maps), and, for projects that record a model, per-layer inspection.\n\n"
+                    "The address bar always holds a share link of the current view; Export/Import save and restore\n"
+                    "the view as JSON in ViRelAy's format. The same app runs under\n"
+                    "`panel serve apps/explorer.py --args PROJECT...` (for Panel's deployment options).\n\n"
+                    "Projects are checked before the server starts; problems are listed and the exit status is 2.")
+    serve.add_argument("projects", nargs="+", type=Path, metavar="PROJECT")
+    serve.add_argument("--port", type=int, default=5006, help="port to listen on (default: 5006)")
+    serve.add_argument("--address", default=None, help="address to listen on (default: all interfaces, shown as localhost)")
+    serve.add_argument("--allow-websocket-origin", action="append", metavar="HOST[:PORT]",
+                       help="a host browsers may connect from besides localhost (repeatable; needed behind a proxy)")
+    serve.add_argument("--show", action=argparse.BooleanOptionalAction, default=True, help="open a browser tab (default: yes)")
+    serve.set_defaults(run=cmd_serve)

@@ -1,0 +1,367 @@
+"""The explorer in a real browser: `panel serve apps/explorer.py` in a child process, driven by headless chromium.
+
+Two projects are served side by side: a ViRelAy-format fixture (YAML + HDF5, with a second analysis method) and a
+relaylab Zarr store converted from it. Screenshots go to $RELAYLAB_TEST_ARTIFACTS (default: pytest's temp folder).
+Timings are printed (run with -s to see them); they are measurements, not assertions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from relaylab.data.convert import convert_to_zarr
+from relaylab.data.project import open_project
+from relaylab.data.schema import schema_problems
+from relaylab.data.store import store_metadata, update_store_metadata
+from relaylab.data.synthetic import Variant, images_and_labels, write_analysis_files, write_virelay_project
+
+playwright = pytest.importorskip("playwright.sync_api", reason="playwright's Python client is not installed (pip install relaylab[test])")
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (apt-get install chromium)")
+expect = playwright.expect
+
+REPO = Path(__file__).resolve().parents[1]
+N_SAMPLES = 90
+BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                "--disable-sync", "--no-first-run"]
+TIMEOUT_MS = 30_000
+
+
+# ------------------------------------------------------------------------------------------------ fixtures
+
+
+@pytest.fixture(scope="module")
+def projects(tmp_path_factory) -> tuple[Path, Path]:
+    """A ViRelAy project with two analysis methods, and the Zarr store converted from it (renamed, as names must differ)."""
+    root = tmp_path_factory.mktemp("explorer")
+    variant = Variant(n_samples=N_SAMPLES, seed=0)
+    yaml_path = write_virelay_project(root / "virelay", variant, name="virelay-fixture")
+    _, labels = images_and_labels(variant)
+    (root / "virelay" / "second").mkdir()
+    files = write_analysis_files(root / "virelay" / "second", labels, np.zeros((N_SAMPLES, 1)), Variant(n_samples=N_SAMPLES, seed=5))
+    document = yaml.safe_load(yaml_path.read_text())
+    document["project"]["analyses"].append({"analysis_method": "second_analysis", "sources": [f"second/{f}" for f in files]})
+    yaml_path.write_text(yaml.safe_dump(document, sort_keys=False))
+    store = convert_to_zarr(yaml_path, root / "store.zarr", progress=False)
+    update_store_metadata(store, project={**store_metadata(store)["project"], "name": "zarr-fixture"})
+    return yaml_path, store
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def serve(args: list[str], artifacts: Path, log_name: str, env: dict | None = None):
+    """`panel serve apps/explorer.py --warm [--args ...]` on a free port: (process, URL, output lines) once it
+    prints its address."""
+    port = free_port()
+    panel = Path(sys.executable).with_name("panel")
+    command = [str(panel), "serve", "apps/explorer.py", "--port", str(port), "--warm", *(["--args", *args] if args else [])]
+    started = time.perf_counter()
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env={**os.environ, **(env or {})})
+    lines: list[str] = []
+    ready = threading.Event()
+
+    def read() -> None:
+        for line in process.stdout:
+            lines.append(line)
+            if "Bokeh app running at" in line:
+                ready.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    if not ready.wait(300):
+        process.kill()
+        pytest.fail("the explorer did not start:\n" + "".join(lines[-30:]))
+    print(f"\nserver ready {time.perf_counter() - started:.1f} s after start (warm-up included)")
+    return process, f"http://localhost:{port}/explorer", lines
+
+
+def stop(process, lines: list[str], artifacts: Path, log_name: str) -> None:
+    """Stop the server; fail on any traceback it logged."""
+    process.terminate()
+    process.wait(timeout=20)
+    (artifacts / log_name).write_text("".join(lines))
+    # tornado reports a browser that closed while the server was still writing to it; that is no error of the app
+    closed = ("WebSocketClosedError", "StreamClosedError")
+    errors = [block for block in re.split(r"(?=Traceback \(most recent call last\))", "".join(lines))[1:]
+              if not any(word in block.split("\n\n")[0] for word in closed)]
+    assert not errors, "the server logged errors:\n" + "\n".join(errors)
+
+
+@pytest.fixture(scope="module")
+def server(projects, artifacts):
+    process, url, lines = serve([str(p) for p in projects], artifacts, "server.log")
+    yield url
+    stop(process, lines, artifacts, "server.log")
+
+
+@pytest.fixture(scope="module")
+def demo_server(artifacts):
+    """The app with no projects given, so it opens the demo; only where the demo is already built (it takes minutes)."""
+    demo = pytest.importorskip("relaylab.explain.demo")
+    store = demo.default_dir() / "project.zarr"
+    if not demo.current(store):
+        pytest.skip(f"the demo is not built in {store.parent} (`relaylab demo {store.parent}` builds it, ~3 minutes)")
+    process, url, lines = serve([], artifacts, "demo-server.log", env={"RELAYLAB_DEMO_DIR": str(store.parent)})
+    yield url, store
+    stop(process, lines, artifacts, "demo-server.log")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with playwright.sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory) -> Path:
+    folder = Path(os.environ.get("RELAYLAB_TEST_ARTIFACTS") or tmp_path_factory.getbasetemp() / "screenshots")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1400, "height": 1500}, accept_downloads=True)
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    yield page
+    context.close()
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+
+def open_explorer(page, url: str) -> float:
+    """Load the page until the embedding is drawn; the seconds it took."""
+    started = time.perf_counter()
+    page.goto(url)
+    page.locator(".rl-embedding-plot canvas").first.wait_for()
+    page.locator(".rl-selected").first.wait_for()
+    return time.perf_counter() - started
+
+
+def selected(page) -> int:
+    return int(page.locator(".rl-selected").first.get_attribute("data-count"))
+
+
+def card_samples(page) -> list[int]:
+    return [int(card.get_attribute("data-sample")) for card in page.locator(".rl-card").all()]
+
+
+def wait_cards(page, count: int) -> list[int]:
+    expect(page.locator(".rl-card")).to_have_count(count)
+    return card_samples(page)
+
+
+def share_query(page) -> dict[str, str]:
+    link = page.locator(".rl-share input").input_value()
+    return dict(pair.split("=", 1) for pair in link.split("?", 1)[1].split("&"))
+
+
+def plot_box(page) -> dict:
+    canvases = [c.bounding_box() for c in page.locator(".rl-embedding-plot canvas").all()]
+    return max(canvases, key=lambda b: b["width"] * b["height"])
+
+
+def click_cluster(page, index: int = 0) -> int:
+    """Click the index-th "Cluster k (size)" button; the size it names."""
+    button = page.locator(".rl-cluster-button button:visible").nth(index)
+    size = int(re.search(r"\((\d+)\)", button.inner_text()).group(1))
+    button.click()
+    expect(page.locator(".rl-selected").first).to_have_attribute("data-count", str(size))
+    return size
+
+
+def image_bytes(page, base: str) -> tuple[str, bytes]:
+    src = page.locator(".rl-card img").first.get_attribute("src")
+    response = page.request.get(base + src if src.startswith("/") else src)
+    assert response.status == 200, response.text()
+    return src, response.body()
+
+
+def origin(url: str) -> str:
+    return url.split("/explorer")[0]
+
+
+# ------------------------------------------------------------------------------------------------ tests
+
+
+def test_tabs_analysis_and_category(page, server, artifacts):
+    seconds = open_explorer(page, server)
+    print(f"page load {seconds:.2f} s")
+    expect(page.locator(".rl-footer")).to_have_attribute("data-project", "virelay-fixture")
+    page.locator(".bk-tab", has_text="zarr-fixture").click()
+    expect(page.locator(".rl-footer")).to_have_attribute("data-project", "zarr-fixture")
+    expect(page.locator(".rl-share input")).to_have_value(re.compile(r"project=zarr-fixture"))
+    page.locator(".rl-analysis select").select_option(label="second-analysis")
+    expect(page.locator(".rl-share input")).to_have_value(re.compile(r"analysisMethod=second-analysis"))
+    page.locator(".rl-category select").select_option(value="class 2 (n00000002)")
+    # the last category has no t-SNE: the view falls back to the spectral embedding and offers its dimensions
+    expect(page.locator(".rl-share input")).to_have_value(re.compile(r"analysisCategory=n00000002&embedding=spectral"))
+    expect(page.locator(".rl-x-dim select")).to_be_visible()
+    page.locator(".rl-y-dim select").select_option(label="5")
+    expect(page.locator(".rl-share input")).to_have_value(re.compile(r"secondEmbeddingDimension=5"))
+    page.screenshot(path=artifacts / "tabs-analysis.png", full_page=True)
+
+
+def test_box_select_then_hover_and_click_a_point(page, server, projects, artifacts):
+    """Drag a box: the grid holds exactly the samples whose coordinates lie in the box the server reports. The drag
+    also gives the pixel ↔ data mapping, used to hover over one of those points and click it."""
+    open_explorer(page, server)
+    box = plot_box(page)
+    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    (ax, ay), (bx, by) = (cx - 150, cy - 120), (cx + 60, cy + 90)
+    page.mouse.move(ax, ay)
+    page.mouse.down()
+    page.mouse.move(bx, by, steps=8)
+    started = time.perf_counter()
+    page.mouse.up()
+    summary = page.locator('.rl-selected[data-geometry^="box"]').first
+    summary.wait_for()
+    count = int(summary.get_attribute("data-count"))
+    cards = wait_cards(page, min(count, 20))
+    print(f"box select round trip {time.perf_counter() - started:.2f} s ({count} samples)")
+    x0, y0, x1, y1 = map(float, summary.get_attribute("data-geometry").split(" ", 1)[1].split(","))
+    query = share_query(page)
+    with open_project(projects[0]) as project:
+        node = project.analyses["spectral_analysis"][query["analysisCategory"]]
+        xy = np.asarray(node["embedding"][query["embedding"]]["embedding"].values)
+        members = np.asarray(node["index"].values)
+    inside = (xy[:, 0] >= x0) & (xy[:, 0] <= x1) & (xy[:, 1] >= y0) & (xy[:, 1] <= y1)
+    expected = sorted(members[inside].tolist())
+    assert 0 < count < len(members), "the dragged box should hold some, not all, points"
+    assert count == len(expected) and cards == expected[:20]
+    page.screenshot(path=artifacts / "box-select.png", full_page=True)
+
+    # the point inside the box farthest from its neighbours, at its pixel position
+    px = ax + (xy[:, 0] - x0) / (x1 - x0) * (bx - ax)
+    py = ay + (y1 - xy[:, 1]) / (y1 - y0) * (by - ay)
+    gaps = np.hypot(px[:, None] - px[None], py[:, None] - py[None]) + np.eye(len(px)) * 1e9
+    pick = max(np.flatnonzero(inside), key=lambda i: gaps[i].min())
+    sample = int(members[pick])
+    page.mouse.move(float(px[pick]) + 1, float(py[pick]) + 1, steps=4)
+    hover = page.locator(f'.rl-hover-sample[data-sample="{sample}"]').first
+    hover.wait_for()
+    assert hover.locator("img").count() == 1
+    page.mouse.click(float(px[pick]), float(py[pick]))
+    expect(page.locator(".rl-selected").first).to_have_attribute("data-geometry", f"click {sample}")
+    assert wait_cards(page, 1) == [sample]
+
+
+def test_display_mode_and_colour_map_change_the_images(page, server, artifacts):
+    open_explorer(page, server)
+    click_cluster(page)
+    page.locator(".rl-mode button", has_text=re.compile(r"^input$")).click()
+    expect(page.locator(".rl-card img").first).to_have_attribute("src", re.compile(r"mode=input"))
+    _, input_png = image_bytes(page, origin(server))
+    page.locator(".rl-mode button", has_text=re.compile(r"^attribution$")).click()
+    expect(page.locator(".rl-card img").first).to_have_attribute("src", re.compile(r"mode=attribution.*colormap=black-fire-red"))
+    _, fire_png = image_bytes(page, origin(server))
+    page.locator(".rl-colormap select").select_option("coldnhot")
+    expect(page.locator(".rl-card img").first).to_have_attribute("src", re.compile(r"colormap=coldnhot"))
+    _, cold_png = image_bytes(page, origin(server))
+    assert len({input_png, fire_png, cold_png}) == 3
+    assert all(png.startswith(b"\x89PNG") for png in (input_png, fire_png, cold_png))
+    page.screenshot(path=artifacts / "attribution-coldnhot.png", full_page=True)
+
+
+def test_export_reload_import_restores_the_selection(page, server, tmp_path):
+    open_explorer(page, server)
+    page.locator(".bk-tab", has_text="zarr-fixture").click()
+    size = click_cluster(page, 1)
+    cards = wait_cards(page, min(size, 20))
+    with page.expect_download() as download:
+        page.locator(".rl-export").locator("button, a").first.click()
+    saved = tmp_path / "state.json"
+    download.value.save_as(saved)
+    document = json.loads(saved.read_text())
+    assert schema_problems("viewer-state", document, str(saved)) == []
+    assert document["projectName"] == "zarr-fixture" and len(document["selectedEmbeddingVectorsIndices"]) == size
+    open_explorer(page, server)  # no query: the default view, nothing selected
+    assert selected(page) == 0
+    page.locator(".rl-import input[type=file]").set_input_files(saved)
+    expect(page.locator(".rl-selected").first).to_have_attribute("data-count", str(size))
+    expect(page.locator(".rl-footer")).to_have_attribute("data-project", "zarr-fixture")
+    assert wait_cards(page, min(size, 20)) == cards
+
+
+def test_share_link_restores_the_view_in_another_session(page, browser, server, artifacts):
+    open_explorer(page, server)
+    page.locator(".bk-tab", has_text="zarr-fixture").click()
+    page.locator(".rl-category select").select_option(value="class 1 (n00000001)")
+    page.locator(".rl-color-by select").select_option("correct")
+    # the cluster buttons are rebuilt with the view: wait for it before reading one
+    expect(page.locator(".rl-share input")).to_have_value(re.compile(r"analysisCategory=n00000001.*colorBy=correct"))
+    size = click_cluster(page, 2)
+    page.locator(".rl-colormap select").select_option("seismic")
+    expect(page.locator(".rl-share input")).to_have_value(re.compile(r"colorMap=seismic"))
+    link, cards = page.locator(".rl-share input").input_value(), wait_cards(page, min(size, 20))
+    other = browser.new_context(viewport={"width": 1400, "height": 1500}).new_page()
+    other.set_default_timeout(TIMEOUT_MS)
+    seconds = open_explorer(other, link)
+    print(f"share link load {seconds:.2f} s")
+    expect(other.locator(".rl-footer")).to_have_attribute("data-project", "zarr-fixture")
+    assert selected(other) == size and wait_cards(other, min(size, 20)) == cards
+    assert other.locator(".rl-share input").input_value() == link
+    expect(other.locator(".rl-card img").first).to_have_attribute("src", re.compile(r"colormap=seismic"))
+    other.screenshot(path=artifacts / "share-link.png", full_page=True)
+    # the two sessions are independent: clearing one leaves the other as it was
+    other.locator(".rl-clear button").click()
+    expect(other.locator(".rl-selected").first).to_have_attribute("data-count", "0")
+    assert selected(page) == size
+    other.context.close()
+
+
+@pytest.mark.parametrize("query, words", [
+    ("embeddingVectors=3,99999", ["99999", "embeddingVectors"]),
+    ("colorMap=no-such-map", ["no-such-map", "colorMap"]),
+    ("analysisMethod=missing-analysis", ["missing-analysis", "analysisMethod"]),
+])
+def test_bad_link_shows_a_message_and_a_working_page(page, server, artifacts, query, words):
+    open_explorer(page, f"{server}?{query}")
+    alert = page.locator(".rl-alert").first
+    expect(alert).to_be_visible()
+    text = " ".join(page.locator(".rl-alert li").all_inner_texts())
+    assert all(word in text for word in words) and "Traceback" not in text, text
+    click_cluster(page)  # the session is alive and shows the default view
+    if query.startswith("embeddingVectors"):
+        page.screenshot(path=artifacts / "bad-link.png", full_page=True)
+
+
+def test_demo_artifact_colouring_and_the_layer_view_follow_the_link(page, demo_server, artifacts):
+    """The demo (opened because no project is given): colour the artifact class by the planted artifact, and a
+    link's `sample` and `layer` open that sample and layer in the per-layer inspector."""
+    url, store = demo_server
+    with open_project(store) as project:
+        artifact = np.asarray(project.inputs["artifact"].values)
+        tree = project.analyses["spectral_analysis"]
+        counts = {c: int(artifact[np.asarray(node["index"].values)].sum()) for c, node in tree.children.items()}
+        category = max(counts, key=counts.get)
+        members = np.asarray(tree[category]["index"].values)
+    sample = int(members[np.flatnonzero(artifact[members])[0]])
+    seconds = open_explorer(page, f"{url}?analysisCategory={category}&colorBy=artifact&sample={sample}&layer=features.3")
+    print(f"demo page load {seconds:.2f} s")
+    legend = " ".join(page.locator(".rl-legend-item").all_inner_texts())
+    assert f"artifact ({counts[category]})" in legend and f"no artifact ({len(members) - counts[category]})" in legend
+    expect(page.get_by_text(f"Sample {sample}", exact=False).first).to_be_visible(timeout=60_000)
+    expect(page.locator(".rl-channel").first).to_be_visible(timeout=60_000)  # features.3 is a conv layer: channel maps
+    page.screenshot(path=artifacts / "demo-layers.png", full_page=True)
