@@ -235,6 +235,10 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     level = logging.INFO if args.verbose else logging.WARNING
+    # distributed sets its loggers from Dask's config when first imported (later, by the command): INFO unless told
+    import dask
+
+    dask.config.set({"logging.distributed": logging.getLevelName(level).lower()})
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("distributed").setLevel(level)  # Dask logs every worker start and stop at INFO
     try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import warnings
 from pathlib import Path
 
 import yaml
@@ -46,6 +47,9 @@ def _tsne(random_state, **kwargs):
 
 def _umap(random_state, **kwargs):
     from umap import UMAP
+
+    # a fixed seed makes UMAP single-threaded, which it announces on every fit; relaylab seeds it on purpose
+    warnings.filterwarnings("ignore", message=r"n_jobs value \d+ overridden to 1 by setting random_state", category=UserWarning)
 
     return UMAP(random_state=random_state, **kwargs)
 
