@@ -19,6 +19,7 @@ SUITES: dict[str, str] = {
     "spray": "benchmarks.spray",
     "dask": "benchmarks.dask",
     "explain": "benchmarks.explain",
+    "render": "benchmarks.render",
 }
 
 
