@@ -90,6 +90,15 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_analyze_layers(args: argparse.Namespace) -> int:
+    from .analyze.activations import analyze_activations
+
+    names = analyze_activations(args.project, args.activations, args.layers, method=args.method, variance=args.variance,
+                                progress=not args.quiet)
+    print(f"{len(names)} per-layer embeddings in {args.project}: {', '.join(f'analyses/{n}' for n in names)}")
+    return EXIT_OK
+
+
 def cmd_score(args: argparse.Namespace) -> int:
     from .analyze.score import score_analysis
     from .data.project import open_project
@@ -203,6 +212,22 @@ def parser() -> argparse.ArgumentParser:
     analyze.add_argument("--export-virelay", type=Path, metavar="FILE.h5", help="also write ViRelAy's analysis HDF5 layout")
     analyze.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     analyze.set_defaults(run=cmd_analyze)
+
+    layers = commands.add_parser(
+        "analyze-layers", help="2-D embeddings of every sample per layer, from recorded activations",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Activation-space analysis: for each layer of an activation set (`relaylab activations`), the\n"
+                    "activations are average-pooled to at most 4096 values per sample, reduced by PCA to the\n"
+                    "components that keep --variance of the variance, then embedded in 2-D by t-SNE (or PCA). Each\n"
+                    "layer becomes an analysis `activation-<layer>` with one category `all`, which the explorer shows\n"
+                    "coloured by class in its per-layer view. Layers already done with the same settings are skipped.")
+    layers.add_argument("project", type=Path, metavar="PROJECT", help="a relaylab Zarr store")
+    layers.add_argument("--activations", default="activations", metavar="NAME", help="activation set (default: activations)")
+    layers.add_argument("--layers", nargs="+", metavar="LAYER", help="layers to embed (default: all of the set)")
+    layers.add_argument("--method", choices=("tsne", "pca"), default="tsne", help="2-D embedding (default: tsne)")
+    layers.add_argument("--variance", type=float, default=0.9, help="variance PCA keeps before the 2-D step (default: 0.9)")
+    layers.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    layers.set_defaults(run=cmd_analyze_layers)
 
     score = commands.add_parser(
         "score", help="how well an analysis isolates known samples (e.g. a planted artifact)",

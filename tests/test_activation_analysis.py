@@ -118,3 +118,14 @@ def test_bad_arguments_fail_before_anything_is_written(store):
     with pytest.raises(RelaylabError, match="expected method one of tsne, pca"):
         analyze_activations(path, "acts", method="umap", progress=False)
     assert zstore.list_groups(path, "analyses") == before
+
+
+def test_the_cli_writes_the_per_layer_maps_and_reports_unknown_layers(store):
+    path, labels, _ = store
+    bad = run_cli("analyze-layers", path, "--activations", "acts", "--layers", "features.9")
+    assert bad.returncode == 2 and "features.9" in bad.stderr and "Traceback" not in bad.stderr
+    done = run_cli("analyze-layers", path, "--activations", "acts", "--layers", "classifier.1", "--method", "pca", "-q")
+    assert done.returncode == 0, done.stderr
+    tree = zstore.open_analysis(path, "activation-classifier.1")
+    points = tree["all/embedding/pca"]["embedding"].values
+    assert points.shape == (N, 2) and knn_accuracy(points, labels) > 0.9
