@@ -25,3 +25,12 @@ def make_project(tmp_path):
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """The real `relaylab` command line, in a child process."""
     return subprocess.run([sys.executable, "-m", "relaylab.cli", *map(str, args)], capture_output=True, text=True, cwd=cwd)
+
+
+@pytest.fixture(scope="session")
+def demo_store(tmp_path_factory) -> Path:
+    """The demo project (relaylab.explain.demo), built once per test session into a temporary folder: its store's path.
+    Built fresh rather than taken from a cache, so a new machine (CI) runs every test that needs it."""
+    from relaylab.explain.demo import build_demo
+
+    return build_demo(tmp_path_factory.mktemp("demo") / "demo", progress=False)

@@ -1,4 +1,4 @@
-"""The demo, built once for this module: a real store, a real trained CNN, real LRP, SpRAy and a ViRelAy export."""
+"""The demo, built once per test session (conftest's `demo_store`): a real store, a real trained CNN, real LRP, SpRAy and a ViRelAy export."""
 
 from __future__ import annotations
 
@@ -17,12 +17,10 @@ from relaylab.explain.models import load_model, model_spec_of
 from tests.conftest import run_cli
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    """(demo folder, store) from `ensure_demo`, which builds it the first time."""
-    folder = tmp_path_factory.mktemp("demo") / "demo"
-    store = demo.ensure_demo(folder)
-    return folder, store
+@pytest.fixture
+def built(demo_store):
+    """(demo folder, store): the session's demo (conftest's `demo_store`, built once with `build_demo`)."""
+    return demo_store.parent, demo_store
 
 
 def test_store_holds_every_piece(built):

@@ -7,6 +7,7 @@ Timings are printed (run with -s to see them); they are measurements, not assert
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -38,6 +39,7 @@ N_SAMPLES = 90
 BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                 "--disable-sync", "--no-first-run"]
 TIMEOUT_MS = 30_000
+expect.set_options(timeout=TIMEOUT_MS)  # not 5 s: on a loaded 2-core machine a round trip to the server can take longer
 
 
 # ------------------------------------------------------------------------------------------------ fixtures
@@ -112,14 +114,11 @@ def server(projects, artifacts):
 
 
 @pytest.fixture(scope="module")
-def demo_server(artifacts):
-    """The app with no projects given, so it opens the demo; only where the demo is already built (it takes minutes)."""
-    demo = pytest.importorskip("relaylab.explain.demo")
-    store = demo.default_dir() / "project.zarr"
-    if not demo.current(store):
-        pytest.skip(f"the demo is not built in {store.parent} (`relaylab demo {store.parent}` builds it, ~3 minutes)")
-    process, url, lines = serve([], artifacts, "demo-server.log", env={"RELAYLAB_DEMO_DIR": str(store.parent)})
-    yield url, store
+def demo_server(demo_store, artifacts):
+    """The app with no projects given, so it opens the demo: the session's (conftest's `demo_store`), found by
+    `ensure_demo` through $RELAYLAB_DEMO_DIR, so the server builds nothing."""
+    process, url, lines = serve([], artifacts, "demo-server.log", env={"RELAYLAB_DEMO_DIR": str(demo_store.parent)})
+    yield url, demo_store
     stop(process, lines, artifacts, "demo-server.log")
 
 
@@ -365,3 +364,141 @@ def test_demo_artifact_colouring_and_the_layer_view_follow_the_link(page, demo_s
     expect(page.get_by_text(f"Sample {sample}", exact=False).first).to_be_visible(timeout=60_000)
     expect(page.locator(".rl-channel").first).to_be_visible(timeout=60_000)  # features.3 is a conv layer: channel maps
     page.screenshot(path=artifacts / "demo-layers.png", full_page=True)
+
+
+# the demo's per-layer inspector, picked by mouse clicks
+
+
+FIGURE_ROWS_JS = """([glyph, column, title]) => {
+  // The first Bokeh figure (title containing `title`) with a `glyph` renderer whose data has `column`: its title and
+  // rows (every data column, plus cx/cy: the centre of a point or box in viewport pixels, from the figure's own scales).
+  for (const view of Bokeh.index.all_views()) {
+    if (!view.frame || !view.renderer_views || !view.canvas_view) continue
+    const text = view.model.title ? view.model.title.text : ""
+    if (title && !text.includes(title)) continue
+    for (const [model] of view.renderer_views) {
+      if (!model.data_source || !model.glyph || model.glyph.type !== glyph) continue
+      const data = model.data_source.data
+      if (!(column in data)) continue
+      view.canvas_view.el.scrollIntoView({block: "center"})
+      const canvas = view.canvas_view.el.getBoundingClientRect()
+      const {x_scale, y_scale} = view.frame
+      const rows = []
+      for (let i = 0; i < model.data_source.get_length(); i++) {
+        const row = {}
+        for (const [key, values] of Object.entries(data)) row[key] = typeof values[i] === "number" || typeof values[i] === "string" ? values[i] : null
+        const [x, y] = "left" in data ? [(data.left[i] + data.right[i]) / 2, (data.bottom[i] + data.top[i]) / 2]
+                     : "x" in data && "y" in data ? [data.x[i], data.y[i]] : [null, null]
+        row.cx = x === null ? null : canvas.x + x_scale.compute(x)
+        row.cy = y === null ? null : canvas.y + y_scale.compute(y)
+        rows.push(row)
+      }
+      return {title: text, rows}
+    }
+  }
+  return null
+}"""
+
+
+def figure_rows(page, glyph: str, column: str, title: str = "") -> dict:
+    """Rows of a Bokeh figure's renderer as the browser holds them (see FIGURE_ROWS_JS); waits until it is drawn and
+    its layout has settled (two reads 100 ms apart agree), so the pixel positions are where a click lands."""
+    page.wait_for_function(f"() => ({FIGURE_ROWS_JS})({json.dumps([glyph, column, title])}) !== null")
+    rows = page.evaluate(FIGURE_ROWS_JS, [glyph, column, title])
+    for _ in range(50):
+        page.wait_for_timeout(100)
+        rows, before = page.evaluate(FIGURE_ROWS_JS, [glyph, column, title]), rows
+        if rows == before:
+            return rows
+    pytest.fail(f"the {glyph} plot '{rows['title']}' kept moving")
+
+
+def picked_box(page) -> str:
+    """The layer outlined in the model diagram (its box has the thickest line)."""
+    rows = figure_rows(page, "Quad", "name")["rows"]
+    return max(rows, key=lambda row: row["line_width"])["name"]
+
+
+def shown_pngs(page) -> list[np.ndarray]:
+    """The inspector's PNG panes (sample image, CAM, CAM overlay, LRP), decoded, in page order; channel thumbnails excluded."""
+    from relaylab.explore.layers import png_array
+
+    sources = [img.get_attribute("src") for img in page.locator('img[src^="data:image/png"]').all()
+               if not img.evaluate("el => el.closest('.rl-channel') !== null")]
+    return [png_array(base64.b64decode(src.split(",", 1)[1])) for src in sources]
+
+
+def varied(image: np.ndarray) -> bool:
+    """More than one colour: not a blank heatmap."""
+    return len(np.unique(image.reshape(-1, image.shape[-1]), axis=0)) > 1
+
+
+def test_demo_click_a_layer_and_a_sample_shows_the_per_layer_panels(page, demo_server, artifacts):
+    """The issue's acceptance: click a layer box in the model diagram, then a point of that layer's activation
+    embedding; the picked sample's image, top-10 predictions, CAM/LRP heatmaps and channel thumbnails appear. Click
+    positions come from the plots' own data and scales in the browser; what is shown is checked against the store."""
+    url, store = demo_server
+    with open_project(store) as project:
+        layers = project.metadata["store"]["model"]["layers"]
+        analysed = [x for x in layers if f"activation-{x['name']}" in project.analyses and len(x["output_shape"]) == 3]
+        inputs, labels = project.inputs["input"].values, project.inputs["label"].values
+        logits = project.attributions["lrp"]["prediction"].values
+        names = dict(zip(project.label_map["class"].values.tolist(), map(str, project.label_map["name"].values)))
+    open_explorer(page, url)
+    first = picked_box(page)
+    target = next(x for x in analysed if x["name"] != first)  # a conv layer with an activation embedding, not the one shown
+    page.screenshot(path=artifacts / "demo-inspector-1-loaded.png", full_page=True)
+
+    box = next(row for row in figure_rows(page, "Quad", "name")["rows"] if row["name"] == target["name"])
+    started = time.perf_counter()
+    page.mouse.click(box["cx"], box["cy"])
+    expect(page.locator(".rl-share input")).to_have_value(re.compile(rf"[?&]layer={re.escape(target['name'])}(&|$)"))
+    page.wait_for_function(f"() => ({FIGURE_ROWS_JS})(['Scatter', 'sample', 'activations of {target['name']}']) !== null")
+    print(f"layer click → its embedding {time.perf_counter() - started:.2f} s")
+    assert picked_box(page) == target["name"]
+    embedding = figure_rows(page, "Scatter", "sample", f"activations of {target['name']}")
+    assert embedding["title"] == f"tsne of the activations of {target['name']}" and len(embedding["rows"]) == len(labels)
+    page.screenshot(path=artifacts / "demo-inspector-2-layer.png", full_page=True)
+
+    # the point farthest (in pixels) from its neighbours, so a click there cannot mean another one
+    points = np.array([(row["cx"], row["cy"]) for row in embedding["rows"]])
+    gaps = np.hypot(*(points[:, None] - points[None]).transpose(2, 0, 1)) + np.eye(len(points)) * 1e9
+    pick = int(gaps.min(axis=1).argmax())
+    sample = int(embedding["rows"][pick]["sample"])
+    started = time.perf_counter()
+    page.mouse.click(*points[pick])
+    expect(page.locator(".rl-share input")).to_have_value(re.compile(rf"[?&]sample={sample}(&|$)"))
+    channels = page.locator(".rl-channel")
+    expect(channels).to_have_count(target["output_shape"][0], timeout=60_000)
+    print(f"sample click → channel thumbnails {time.perf_counter() - started:.2f} s")
+    page.screenshot(path=artifacts / "demo-inspector-3-sample.png", full_page=True)
+
+    probabilities = np.exp(logits[sample] - logits[sample].max())
+    probabilities /= probabilities.sum()
+    top = np.argsort(-probabilities, kind="stable")[:10]
+    info = page.get_by_text(f"Sample {sample} — true: {names[int(labels[sample])]}")
+    expect(info).to_be_visible()
+    assert f"predicted: {names[int(top[0])]}" in info.inner_text()
+    bars = figure_rows(page, "HBar", "probability", "top-10 predictions")["rows"]
+    assert sorted((row["probability"] for row in bars), reverse=True) == pytest.approx(probabilities[top], abs=1e-4)
+    assert {row["class"] for row in bars} == {f"{c}: {names[int(c)]}" for c in top}
+
+    image, *heatmaps = shown_pngs(page)
+    np.testing.assert_array_equal(image[..., :3], np.repeat(inputs[sample][0][..., None], 3, axis=2))  # the clicked sample
+    assert len(heatmaps) == 3 and all(heatmap.shape[:2] == inputs.shape[-2:] for heatmap in heatmaps)  # CAM, CAM over the input, LRP
+    _, overlay, lrp = heatmaps  # a CAM may be blank (ReLU of negative evidence); the overlay shows the input, LRP the digit
+    assert all(varied(heatmap) for heatmap in (overlay, lrp))
+    numbers = sorted(int(c) for c in channels.evaluate_all("cards => cards.map(card => card.dataset.channel)"))
+    assert numbers == list(range(target["output_shape"][0]))
+    assert all(src.startswith("data:image/png") for src in channels.locator("img").evaluate_all("imgs => imgs.map(img => img.src)"))
+    expect(page.get_by_text(f"{target['name']}: {target['output_shape'][0]} channels of")).to_be_visible()
+
+    # LayerCAM weighs positive gradients only, so on the ReLU'd maps it marks where the predicted digit's evidence is
+    cam_img = page.locator('img[src^="data:image/png"]').nth(1)  # after the sample image
+    gradcam_src = cam_img.get_attribute("src")
+    page.locator("button", has_text=re.compile(r"^layercam$")).click()
+    expect(page.get_by_text("layercam at depth")).to_be_visible()
+    expect(cam_img).not_to_have_attribute("src", gradcam_src)
+    cam = shown_pngs(page)[1]
+    assert cam.shape == heatmaps[0].shape and varied(cam) and not np.array_equal(cam, heatmaps[0])
+    page.screenshot(path=artifacts / "demo-inspector-4-layercam.png", full_page=True)
