@@ -82,7 +82,7 @@ def _clusterings(spec: dict, rs, where: str) -> dict:
                     out[f"agglomerative-{k:02d}"] = Pipeline([("select", SelectEigenvectors(params.get("eigenvectors") or k)),
                                                               ("agglomerative", AgglomerativeClustering(k))])
         elif kind == "hdbscan":
-            out["hdbscan"] = hdbscan(**params)
+            out["hdbscan"] = hdbscan(**{"random_state": rs, **params})
         elif kind == "dbscan":
             eps = params.get("eps", 0.3)
             out[f"dbscan-eps={eps}"] = Pipeline([("select", SelectEigenvectors(params.get("eigenvectors", 8))),
