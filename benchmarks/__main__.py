@@ -20,6 +20,7 @@ SUITES: dict[str, str] = {
     "dask": "benchmarks.dask",
     "explain": "benchmarks.explain",
     "render": "benchmarks.render",
+    "gpu": "benchmarks.gpu",
 }
 
 
