@@ -184,6 +184,17 @@ def child_result(data: dict) -> None:
     Path(os.environ["BENCH_RESULT"]).write_text(json.dumps(data))
 
 
+def parse_sizes(tokens: list[str] | None, defaults: dict[str, list[int]]) -> dict[str, list[int]]:
+    """`--sizes NAME=N[,N...]` tokens over a suite's defaults (NAME one of theirs; 1e6 and 1_000_000 both read)."""
+    sizes = {k: list(v) for k, v in defaults.items()}
+    for token in tokens or []:
+        name, _, values = token.partition("=")
+        if name not in sizes or not values:
+            raise SystemExit(f"--sizes: expected NAME=N[,N...] with NAME in {', '.join(sizes)}, got {token!r}")
+        sizes[name] = [int(float(v.replace("_", ""))) for v in values.split(",")]
+    return sizes
+
+
 def stats(values: Sequence[float]) -> dict:
     values = [float(v) for v in values]
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values),

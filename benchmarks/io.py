@@ -29,7 +29,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from . import (child_result, evict, format_table, machine_info, proc_io, row, run_child, tree_bytes,
+from . import (parse_sizes, child_result, evict, format_table, machine_info, proc_io, row, run_child, tree_bytes,
                write_results)
 
 DESCRIPTION = "open 1M-sample projects (HDF5 and Zarr), HDF5 → Zarr conversion vs disk read rate, single-sample reads"
@@ -653,16 +653,6 @@ def measure_reads(args, yaml_path: Path, store: Path, n_reads: int) -> list[dict
 # ------------------------------------------------------------------------------------------------------ driver
 
 
-def parse_sizes(tokens: list[str] | None, smoke: bool) -> dict[str, list[int]]:
-    sizes = {k: list(v) for k, v in (SMOKE_SIZES if smoke else DEFAULT_SIZES).items()}
-    for token in tokens or []:
-        name, _, values = token.partition("=")
-        if name not in sizes or not values:
-            raise SystemExit(f"--sizes: expected NAME=N[,N...] with NAME in {', '.join(sizes)}, got {token!r}")
-        sizes[name] = [int(float(v.replace("_", ""))) for v in values.split(",")]
-    return sizes
-
-
 def parse_image(text: str) -> tuple[int, int, int]:
     parts = tuple(int(p) for p in text.lower().replace("×", "x").split("x"))
     if len(parts) != 3:
@@ -671,7 +661,7 @@ def parse_image(text: str) -> tuple[int, int, int]:
 
 
 def run(args) -> int:
-    sizes = parse_sizes(args.sizes, args.smoke)
+    sizes = parse_sizes(args.sizes, SMOKE_SIZES if args.smoke else DEFAULT_SIZES)
     if args.smoke:
         args.no_cold = args.no_diagnostics = True
     only = set(args.only or MEASUREMENTS)

@@ -29,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import child_result, format_table, machine_info, row, run_child, write_results
+from . import parse_sizes, child_result, format_table, machine_info, row, run_child, write_results
 
 DESCRIPTION = "SpRAy per category vs N and D, per stage, against CoRelAy 1.0.0 and scikit-learn's SpectralClustering"
 MEASUREMENTS = ("scaling", "target")
@@ -381,18 +381,8 @@ def plot(path: Path, summaries: dict[int, dict[int, dict[str, float]]], title: s
 # ------------------------------------------------------------------------------------------------------ driver
 
 
-def parse_sizes(tokens: list[str] | None, smoke: bool) -> dict[str, list[int]]:
-    sizes = {k: list(v) for k, v in (SMOKE_SIZES if smoke else DEFAULT_SIZES).items()}
-    for token in tokens or []:
-        name, _, values = token.partition("=")
-        if name not in sizes or not values:
-            raise SystemExit(f"--sizes: expected NAME=N[,N...] with NAME in {', '.join(sizes)}, got {token!r}")
-        sizes[name] = [int(float(v.replace("_", ""))) for v in values.split(",")]
-    return sizes
-
-
 def run(args) -> int:
-    sizes = parse_sizes(args.sizes, args.smoke)
+    sizes = parse_sizes(args.sizes, SMOKE_SIZES if args.smoke else DEFAULT_SIZES)
     if args.embeddings is None:
         args.embeddings = ["tsne"] if args.smoke else ["tsne", "umap"]
     only = set(args.only or MEASUREMENTS)

@@ -29,6 +29,7 @@ from xarray.core import indexing
 
 from ..data import store as zstore
 from ..data.hdf5 import IMAGE_DIMS, SAMPLE
+from ..data.imagedir import READ_ERRORS
 from ..data.labels import label_map_from_entries, label_map_problems, read_label_map_json
 from ..errors import Problem, RelaylabError
 
@@ -39,7 +40,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 RESIZE_METHODS = ("shorter_side", "stretch")
 RESAMPLE = Image.Resampling.BILINEAR  # torchvision's default for PIL images
 WORDNET_ID = re.compile(r"n\d{8}")
-READ_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
 @dataclass(frozen=True)
