@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 from zennit.attribution import Gradient
-from zennit.composites import EpsilonPlus, EpsilonPlusFlat
+from zennit.composites import EpsilonAlpha2Beta1, EpsilonAlpha2Beta1Flat, EpsilonGammaBox, EpsilonPlus, EpsilonPlusFlat
 from zennit.rules import ZPlus as ZennitZPlus
 
 from relaylab.explain.rules import ZPlus, fast_maps
@@ -28,13 +28,19 @@ def relevance(model, composite, x):
     return attribution.detach().numpy()
 
 
+BOX = {"low": torch.full((6, 3, 8, 8), -3.0), "high": torch.full((6, 3, 8, 8), 3.0)}
+COMPOSITES = [("epsilon_plus", EpsilonPlus, {}), ("epsilon_plus_flat", EpsilonPlusFlat, {}),
+              ("epsilon_alpha2_beta1", EpsilonAlpha2Beta1, {}), ("epsilon_alpha2_beta1_flat", EpsilonAlpha2Beta1Flat, {}),
+              ("epsilon_gamma_box", EpsilonGammaBox, BOX)]
+
+
 @pytest.mark.parametrize("relu_between", [True, False])
-@pytest.mark.parametrize("name, composite", [("epsilon_plus", EpsilonPlus), ("epsilon_plus_flat", EpsilonPlusFlat)])
-def test_fast_rules_give_zennits_relevance(relu_between, name, composite):
+@pytest.mark.parametrize("name, composite, box", COMPOSITES, ids=[c[0] for c in COMPOSITES])
+def test_fast_rules_give_zennits_relevance(relu_between, name, composite, box):
     model = network(relu_between)
-    x = torch.randn(6, 3, 8, 8)
-    expected = relevance(model, composite(), x)
-    got = relevance(model, composite(**fast_maps(name)), x)
+    x = torch.randn(6, 3, 8, 8).clamp(-3, 3)
+    expected = relevance(model, composite(**box), x)
+    got = relevance(model, composite(**box, **fast_maps(name, **box)), x)
     assert np.abs(expected).sum() > 0
     np.testing.assert_array_equal(got, expected)
 

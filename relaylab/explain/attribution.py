@@ -97,13 +97,13 @@ class Explainer:
     def _composite(self, name: str):
         from zennit.composites import COMPOSITES
 
-        kwargs = {"canonizers": canonizers_for(self.model, self.canonizer)}
-        if name in ("epsilon_plus", "epsilon_plus_flat"):  # zennit's numbers with half its passes (see rules.py)
-            from .rules import fast_maps
+        from .rules import FAST_COMPOSITES, fast_maps
 
-            kwargs.update(fast_maps(name))
+        kwargs = {"canonizers": canonizers_for(self.model, self.canonizer)}
         if name == "epsilon_gamma_box":
             kwargs.update(low=self.bounds[0], high=self.bounds[1])
+        if name in FAST_COMPOSITES:  # zennit's numbers without its discarded backward passes (see rules.py)
+            kwargs.update(fast_maps(name, low=kwargs.get("low"), high=kwargs.get("high")))
         return COMPOSITES[name](**kwargs)
 
     def __enter__(self) -> Explainer:

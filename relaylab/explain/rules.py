@@ -78,14 +78,37 @@ class Flat(Direct, rules.Flat):
     """zennit's Flat rule."""
 
 
-def fast_maps(composite: str, epsilon: float = 1e-6, stabilizer: float = 1e-6, zero_params=None) -> dict:
-    """`layer_map` and `first_map` arguments that make zennit's EpsilonPlus / EpsilonPlusFlat use these rules
-    (prepended to the composite's own maps, so they take precedence; every other layer keeps zennit's rule)."""
+class AlphaBeta(Direct, rules.AlphaBeta):
+    """zennit's AlphaBeta rule."""
+
+
+class Gamma(Direct, rules.Gamma):
+    """zennit's Gamma rule."""
+
+
+class ZBox(Direct, rules.ZBox):
+    """zennit's ZBox rule."""
+
+
+FAST_COMPOSITES = ("epsilon_plus", "epsilon_plus_flat", "epsilon_alpha2_beta1", "epsilon_alpha2_beta1_flat", "epsilon_gamma_box")
+
+
+def fast_maps(composite: str, epsilon: float = 1e-6, stabilizer: float = 1e-6, zero_params=None, low=None, high=None,
+              gamma: float = 0.25) -> dict:
+    """`layer_map` (and `first_map`) arguments that make one of zennit's composites in FAST_COMPOSITES use these rules,
+    with that composite's own parameters (prepended to its maps, so they take precedence; every other layer keeps
+    zennit's rule). `low`/`high` are epsilon_gamma_box's input bounds."""
     from torch import nn
     from zennit.types import Convolution, Linear
 
-    maps = {"layer_map": [(Convolution, ZPlus(stabilizer=stabilizer, zero_params=zero_params)),
-                          (nn.Linear, Epsilon(epsilon=epsilon, zero_params=zero_params))]}
-    if composite == "epsilon_plus_flat":
-        maps["first_map"] = [(Linear, Flat(stabilizer=stabilizer, zero_params=zero_params))]
+    kw = {"stabilizer": stabilizer, "zero_params": zero_params}
+    conv = {"epsilon_plus": ZPlus, "epsilon_plus_flat": ZPlus,
+            "epsilon_alpha2_beta1": lambda **k: AlphaBeta(alpha=2, beta=1, **k),
+            "epsilon_alpha2_beta1_flat": lambda **k: AlphaBeta(alpha=2, beta=1, **k),
+            "epsilon_gamma_box": lambda **k: Gamma(gamma=gamma, **k)}[composite]
+    maps = {"layer_map": [(Convolution, conv(**kw)), (nn.Linear, Epsilon(epsilon=epsilon, zero_params=zero_params))]}
+    if composite.endswith("_flat"):
+        maps["first_map"] = [(Linear, Flat(**kw))]
+    elif composite == "epsilon_gamma_box":
+        maps["first_map"] = [(Convolution, ZBox(low=low, high=high, **kw))]
     return maps
