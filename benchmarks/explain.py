@@ -33,6 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), help=f"methods (default: {' '.join(METHODS)})")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--batch", type=int, default=None, help="batch size (default: per model and device)")
+    parser.add_argument("--live", action=argparse.BooleanOptionalAction, default=True,
+                        help="also time the explorer's per-sample click (SampleExplainer) on each model (default: yes)")
 
 
 def plain_gradient(model, x, targets):
@@ -58,6 +60,70 @@ def timed(fn, device: str, warmup: int, repeats: int) -> list[float]:
         if i >= warmup:
             times.append(time.perf_counter() - start)
     return times
+
+
+def live_store(folder, spec_name: str, shape: tuple[int, int, int], n: int = 4):
+    """A small store of random images with `spec_name` recorded as its model (random weights)."""
+    import numpy as np
+    import xarray as xr
+
+    from relaylab.data import store as zstore
+    from relaylab.data.labels import label_map_from_entries
+    from relaylab.explain.models import ModelSpec, load_model, n_outputs, record_model
+
+    spec = ModelSpec.from_dict({"model": spec_name, "input_shape": list(shape)})
+    classes = n_outputs(load_model(spec), shape)
+    path = folder / f"{spec_name.replace(':', '-')}.zarr"
+    zstore.create_store(path, project={"name": "live", "model": spec_name, "description": ""}, dataset={"name": "random"},
+                        label_map=label_map_from_entries([{"index": i, "word_net_id": f"c{i}", "name": f"class {i}"} for i in range(classes)]),
+                        source="benchmarks.explain")
+    rng = np.random.default_rng(0)
+    inputs = xr.Dataset({"input": (("sample", "channel", "y", "x"), rng.integers(0, 256, (n, *shape), dtype=np.uint8))},
+                        coords={"sample": np.arange(n), "label": ("sample", rng.integers(0, classes, n))}, attrs={"value_range": [0, 255]})
+    zstore.write_dataset(path, "inputs", inputs, kind="inputs", attrs={"name": "random", "value_range": [0, 255]}, progress=False)
+    record_model(path, spec)
+    zstore.update_store_metadata(path, status="complete")
+    return path
+
+
+def measure_live(args, name: str) -> list[dict]:
+    """The explorer's click on a sample: Grad-CAM and LayerCAM at every depth, LRP, top-10 (first click: nothing
+    cached; then the same again, cached; then the depth slider: another layer's CAM)."""
+    import tempfile
+    from pathlib import Path
+
+    from relaylab.data.project import open_project
+    from relaylab.explain.live import SampleExplainer
+
+    spec_name, shape = MODELS[name][0], MODELS[name][1]
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        store = live_store(Path(folder), spec_name, shape, n=args.warmup + args.repeats + 1)
+        with open_project(store) as project:
+            explainer = SampleExplainer(project, device=args.device)
+
+            def click(sample):
+                label = explainer.predictions(sample)[0]["class"]
+                for layer in explainer.cam_layers:
+                    explainer.cam(sample, label, layer, "gradcam")
+                    explainer.cam(sample, label, layer, "layercam")
+                explainer.lrp(sample, label)
+                return label
+
+            first, cached = [], []
+            for sample in range(args.warmup + args.repeats):
+                start = time.perf_counter()
+                click(sample)
+                if sample >= args.warmup:
+                    first.append(time.perf_counter() - start)
+                start = time.perf_counter()
+                click(sample)
+                cached.append(time.perf_counter() - start)
+    case = f"{name}/{args.device} live"
+    rows.append(row("explain", case, "first click: CAMs at every depth + LRP + top-10", first, "s", layers=len(explainer.cam_layers)))
+    rows.append(row("explain", case, "same click again (cached)", [t * 1e3 for t in cached], "ms"))
+    print(f"{case}: first click {statistics.median(first):.2f} s, cached {statistics.median(cached) * 1e3:.2f} ms", flush=True)
+    return rows
 
 
 def run(args) -> int:
@@ -110,6 +176,9 @@ def run(args) -> int:
             ratio = statistics.median(rates) / base_rate
             rows.append(row("explain", f"{name}/{args.device}/b{batch}", "zennit EpsilonPlusFlat (stock)", rates, "samples/s", ratio=ratio))
             print(f"  zennit's stock EpsilonPlusFlat: {statistics.median(rates):.1f} samples/s ({ratio:.2f} x plain gradient)", flush=True)
+    if args.live:
+        for name in args.models:
+            rows += measure_live(args, name)
     notes = [f"{args.warmup} warm-up call(s) dropped, median of {args.repeats}; batch in memory on the device; "
              "ratio = method throughput / plain forward+backward throughput of the same model, batch and device"]
     config = {"models": args.models, "methods": args.methods, "device": args.device, "batch": args.batch,
@@ -117,6 +186,7 @@ def run(args) -> int:
     json_path, csv_path = write_results("explain", rows, out=args.out, config=config, machine=machine, notes=notes)
     print(format_table(rows))
     for r in rows:
-        print(f"{r['case']:<24} {r['metric']:<28} {r['ratio']:.2f} x plain gradient")
+        if "ratio" in r:
+            print(f"{r['case']:<24} {r['metric']:<28} {r['ratio']:.2f} x plain gradient")
     print(f"\n{json_path}\n{csv_path}")
     return 0
