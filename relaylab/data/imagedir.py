@@ -11,11 +11,14 @@ large), but with height and width on the right axes: ViRelAy pads and crops `sha
 
 from __future__ import annotations
 
+import functools
 import glob
 import logging
 import math
 import os
 import re
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +31,7 @@ from xarray.core import indexing
 from ..errors import Problem, RelaylabError
 from .hdf5 import IMAGE_DIMS, SAMPLE
 from .labels import CLASS, load_label_map
+from .store import usable_cores
 
 log = logging.getLogger(__name__)
 
@@ -122,13 +126,15 @@ def read_image(file: str, sampling: Sampling) -> np.ndarray:
     return np.ascontiguousarray(rgb.transpose(2, 0, 1))
 
 
-class ImageDirectoryArray(BackendArray):
-    """The images of a folder as a lazy (sample, channel, y, x) uint8 array; only paths and settings are stored."""
+class ImageFilesArray(BackendArray):
+    """Image files as a lazy (sample, channel, y, x) uint8 array. `read(path)` decodes one file to (C, H, W); only the
+    paths and the reader (a module-level function or a functools.partial of one, so the array pickles) are stored.
+    A block of rows is decoded by a pool of threads: Pillow releases the GIL while decoding and resizing."""
 
-    def __init__(self, files: tuple[str, ...], sampling: Sampling):
+    def __init__(self, files: tuple[str, ...], read: Callable[[str], np.ndarray], shape: tuple[int, int, int]):
         self.files = files
-        self.sampling = sampling
-        self.shape = (len(files), CHANNELS, sampling.height, sampling.width)
+        self.read = read
+        self.shape = (len(files), *shape)
         self.dtype = np.dtype(np.uint8)
 
     def __getitem__(self, key):
@@ -138,12 +144,13 @@ class ImageDirectoryArray(BackendArray):
     def _read(self, key: tuple) -> np.ndarray:
         rows, rest = key[0], key[1:]
         if isinstance(rows, (int, np.integer)):
-            values, axis = read_image(self.files[rows], self.sampling), 0
+            values, axis = self.read(self.files[rows]), 0
         else:
-            picked = range(len(self.files))[rows] if isinstance(rows, slice) else rows
+            picked = list(range(len(self.files))[rows]) if isinstance(rows, slice) else list(rows)
             values, axis = np.empty((len(picked),) + self.shape[1:], dtype=self.dtype), 1
-            for i, row in enumerate(picked):
-                values[i] = read_image(self.files[row], self.sampling)
+            with ThreadPoolExecutor(max_workers=usable_cores()) as pool:
+                for i, image in enumerate(pool.map(lambda row: self.read(self.files[row]), picked)):
+                    values[i] = image
         for k in rest:  # one axis at a time gives outer (orthogonal) indexing
             values = values[(slice(None),) * axis + (k,)]
             axis += not isinstance(k, (int, np.integer))
@@ -290,7 +297,7 @@ def open_image_directory(path: str | os.PathLike, *, label_map: xr.Dataset | str
     problems, classes = label_problems_and_classes(files, folder, label_map, label_index_regex, label_word_net_id_regex)
     raise_problems(problems, folder)
     sampling = Sampling(input_width, input_height, up_sampling_method, down_sampling_method)
-    array = ImageDirectoryArray(tuple(files), sampling)
+    array = ImageFilesArray(tuple(files), functools.partial(read_image, sampling=sampling), (CHANNELS, sampling.height, sampling.width))
     source = os.path.abspath(folder)
     variable = xr.Variable(IMAGE_DIMS, indexing.LazilyIndexedArray(array), attrs={"source_file": source})
     chunks = (min(SAMPLES_PER_CHUNK, len(files)),) + array.shape[1:]

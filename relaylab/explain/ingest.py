@@ -13,6 +13,7 @@ JPEG fails there as it would at full size — so the number of samples is known 
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -24,12 +25,11 @@ import numpy as np
 import xarray as xr
 from PIL import Image
 from tqdm.auto import tqdm
-from xarray.backends import BackendArray
 from xarray.core import indexing
 
 from ..data import store as zstore
 from ..data.hdf5 import IMAGE_DIMS, SAMPLE
-from ..data.imagedir import READ_ERRORS
+from ..data.imagedir import READ_ERRORS, ImageFilesArray
 from ..data.labels import label_map_from_entries, label_map_problems, read_label_map_json
 from ..errors import Problem, RelaylabError
 
@@ -105,35 +105,6 @@ def scan_problem(file: str) -> str | None:
     except READ_ERRORS as error:
         return f"{type(error).__name__}: {error}"
     return None
-
-
-class ImageFilesArray(BackendArray):
-    """The images as a lazy (sample, 3, H, W) uint8 array; a block of rows is decoded by a pool of threads (Pillow
-    releases the GIL while decoding and resizing)."""
-
-    def __init__(self, files: tuple[str, ...], prep: Preprocessing):
-        self.files = files
-        self.prep = prep
-        self.shape = (len(files), 3, prep.height, prep.width)
-        self.dtype = np.dtype(np.uint8)
-
-    def __getitem__(self, key):
-        return indexing.explicit_indexing_adapter(key, self.shape, indexing.IndexingSupport.OUTER, self._read)
-
-    def _read(self, key: tuple) -> np.ndarray:
-        rows, rest = key[0], key[1:]
-        if isinstance(rows, (int, np.integer)):
-            values, axis = read_sample(self.files[rows], self.prep), 0
-        else:
-            picked = list(range(len(self.files))[rows]) if isinstance(rows, slice) else list(rows)
-            values, axis = np.empty((len(picked),) + self.shape[1:], dtype=self.dtype), 1
-            with ThreadPoolExecutor(max_workers=zstore.usable_cores()) as pool:
-                for i, sample in enumerate(pool.map(lambda row: read_sample(self.files[row], self.prep), picked)):
-                    values[i] = sample
-        for k in rest:  # one axis at a time gives outer (orthogonal) indexing
-            values = values[(slice(None),) * axis + (k,)]
-            axis += not isinstance(k, (int, np.integer))
-        return values
 
 
 # ------------------------------------------------------------------------------------------ checks before any work
@@ -259,7 +230,7 @@ def ingest(folder: str | os.PathLike, out: str | os.PathLike, *, size: tuple[int
     zstore.create_store(out, project={"name": folder.name, "model": "", "description": f"images of {source}"},
                         dataset=dataset, label_map=label_map_from_entries(entries), source=source)
     zstore.update_store_metadata(out, dataset=dataset)  # a resumed ingest records this scan's findings
-    array = ImageFilesArray(tuple(path for _, _, path in kept), prep)
+    array = ImageFilesArray(tuple(path for _, _, path in kept), functools.partial(read_sample, prep=prep), (3, prep.height, prep.width))
     inputs = xr.Dataset(
         {"input": xr.Variable(IMAGE_DIMS, indexing.LazilyIndexedArray(array))},
         coords={SAMPLE: np.arange(len(kept), dtype=np.int64),
