@@ -185,12 +185,9 @@ def write_dataset(path: str | Path, group: str, ds: xr.Dataset, *, kind: str, at
     rows = block_rows(ds)
     n_blocks = max(1, math.ceil(n / rows))
     stamp = fingerprint(ds, rows)
-    meta = group_meta(root, group)
-    if meta is not None and meta.get("fingerprint") != stamp:
-        raise RelaylabError.at(path, group, "a group written from the same source data",
-                               "a group from different data; delete it or write to another name")
+    meta = resumable_meta(path, root, group, stamp, "a group written from the same source data",
+                          "a group from different data; delete it or write to another name")
     if meta is not None and meta.get("status") == "complete":
-        log.info("%s/%s is complete, skipping", path, group)
         return
     lazy = sample_variables(ds)
     if meta is None:
@@ -203,10 +200,7 @@ def write_dataset(path: str | Path, group: str, ds: xr.Dataset, *, kind: str, at
         template.to_zarr(str(path), group=group, mode="w", compute=False, encoding=zarr_encoding(ds, rows),
                          consolidated=False, zarr_format=3)
         root = _root(path, mode="r+")
-        root.create_array(progress_key(group), shape=(n_blocks,), chunks=(1,), dtype=bool, fill_value=False, overwrite=True,
-                          attributes={"group": group})
-        root[group].attrs["relaylab"] = {"kind": kind, "status": "writing", "fingerprint": stamp, "blocks": n_blocks,
-                                         "block_rows": rows, **(attrs or {})}
+        begin_blocks(root, group, n_blocks, {"kind": kind, "fingerprint": stamp, "block_rows": rows, **(attrs or {})})
     done = root[progress_key(group)]
     todo = [b for b in np.flatnonzero(~done[:]).tolist()]
     arrays = {name: root[f"{group}/{name}"] for name in lazy}
@@ -239,8 +233,30 @@ def write_dataset(path: str | Path, group: str, ds: xr.Dataset, *, kind: str, at
             stored = storing.submit(store, b, sl, values, shards)
         if stored is not None:
             stored.result()
+    finish_blocks(root, group)
+
+
+def resumable_meta(path: str | Path, root: zarr.Group, group: str, stamp: str, expected: str, found: str) -> dict | None:
+    """The metadata of a group being written from data with fingerprint `stamp`: None for a new group; a group
+    written from other data is an error (`expected`/`found` say what, for the writer's kind of group)."""
     meta = group_meta(root, group)
-    root[group].attrs["relaylab"] = {**meta, "status": "complete"}
+    if meta is not None and meta.get("fingerprint") != stamp:
+        raise RelaylabError.at(path, group, expected, found)
+    if meta is not None and meta.get("status") == "complete":
+        log.info("%s/%s is complete, skipping", path, group)
+    return meta
+
+
+def begin_blocks(root: zarr.Group, group: str, n_blocks: int, meta: dict) -> None:
+    """Mark `group` as being written in `n_blocks` blocks: an all-False progress record and status "writing"."""
+    root.create_array(progress_key(group), shape=(n_blocks,), chunks=(1,), dtype=bool, fill_value=False, overwrite=True,
+                      attributes={"group": group})
+    root[group].attrs["relaylab"] = {**meta, "status": "writing", "blocks": n_blocks}
+
+
+def finish_blocks(root: zarr.Group, group: str) -> None:
+    """Every block of `group` is written: status "complete", progress record removed."""
+    root[group].attrs["relaylab"] = {**group_meta(root, group), "status": "complete"}
     del root[progress_key(group)]
 
 

@@ -376,25 +376,18 @@ def write_group_of_groups(path: Path, group: str, inputs: xr.Dataset, datasets: 
                                       sort_keys=True, default=str).encode()).hexdigest()[:16]
     blocks = block_slices(n, rows)
     root = zarr.open_group(str(path), mode="r+", zarr_format=3)
-    meta = zstore.group_meta(root, group)
-    if meta is not None and meta.get("fingerprint") != stamp:
-        raise RelaylabError.at(path, group, "a set written with the same layers and settings, to resume it",
-                               "one written with other settings; delete it or choose another name")
+    meta = zstore.resumable_meta(path, root, group, stamp, "a set written with the same layers and settings, to resume it",
+                                 "one written with other settings; delete it or choose another name")
     if meta is not None and meta.get("status") == "complete":
-        log.info("%s/%s is complete, skipping", path, group)
         return
-    progress_key = zstore.progress_key(group)
     if meta is None:
         root.create_group(group, overwrite=True)
         for child, ds in templates.items():
             ds.to_zarr(str(path), group=f"{group}/{child}", mode="w", compute=False, encoding=shared_encoding(ds, rows),
                        consolidated=False, zarr_format=3)
         root = zarr.open_group(str(path), mode="r+", zarr_format=3)
-        root.create_array(progress_key, shape=(len(blocks),), chunks=(1,), dtype=bool, fill_value=False, overwrite=True,
-                          attributes={"group": group})
-        root[group].attrs["relaylab"] = {"kind": kind, "status": "writing", "fingerprint": stamp, "blocks": len(blocks),
-                                         "block_rows": rows, **attrs}
-    done = root[progress_key]
+        zstore.begin_blocks(root, group, len(blocks), {"kind": kind, "fingerprint": stamp, "block_rows": rows, **attrs})
+    done = root[zstore.progress_key(group)]
     todo = np.flatnonzero(~done[:]).tolist()
     with tqdm(total=n, initial=n - sum(blocks[b][1] - blocks[b][0] for b in todo), unit="sample", desc=group,
               disable=not progress, leave=False) as bar:
@@ -405,8 +398,7 @@ def write_group_of_groups(path: Path, group: str, inputs: xr.Dataset, datasets: 
                 root[f"{group}/{key}"][start:stop] = value
             done[b] = True
             bar.update(stop - start)
-    root[group].attrs["relaylab"] = {**zstore.group_meta(root, group), "status": "complete"}
-    del root[progress_key]
+    zstore.finish_blocks(root, group)
 
 
 def shared_encoding(ds: xr.Dataset, rows: int) -> dict:
