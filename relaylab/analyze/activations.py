@@ -92,7 +92,10 @@ def analyze_activations(store_path: str | Path, activation_set: str = "activatio
             raise RelaylabError.at(store_path, f"activations/{activation_set}",
                                    f"one of the project's activation sets ({', '.join(project.activations) or 'none'})", "no such set")
         tree = project.activations[activation_set]
-        present = [name for name, node in tree.children.items() if "activation" in node.data_vars]
+        recorded = [entry["name"] for entry in (project.metadata["store"].get("model") or {}).get("layers", [])]
+        # input to output where the store records the model, else by name: a folder listing has no order of its own
+        present = sorted((name for name, node in tree.children.items() if "activation" in node.data_vars),
+                         key=lambda name: (recorded.index(name) if name in recorded else len(recorded), name))
     if method not in METHODS:
         raise RelaylabError.at(store_path, "", f"method one of {', '.join(METHODS)}", repr(method))
     if not 0 < variance <= 1:
