@@ -42,7 +42,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from .data.convert import convert_to_virelay, convert_to_zarr
 
     if args.to == "zarr":
-        out = convert_to_zarr(args.project, args.out, allow_nonfinite=args.allow_nonfinite, progress=not args.quiet)
+        out = convert_to_zarr(args.project, args.out, allow_nonfinite=args.allow_nonfinite,
+                              compression=args.compression, progress=not args.quiet)
     else:
         out = convert_to_virelay(args.project, args.out, attribution=args.attribution, progress=not args.quiet)
     print(f"wrote {out}")
@@ -162,7 +163,7 @@ def parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Convert PROJECT into OUT.\n\n"
                     "--to zarr (default): a relaylab Zarr v3 store holding inputs, attribution sets and analyses,\n"
-                    "  sharded for fast single-sample reads and compressed. A killed conversion is resumed by\n"
+                    "  sharded for fast single-sample reads, compressed where that pays. A killed conversion is resumed by\n"
                     "  running the same command again; a store left unfinished is never read as complete.\n"
                     "--to virelay: a folder with project.yaml, label-map.json and HDF5 files that ViRelAy 0.6.1\n"
                     "  opens (`python -m virelay OUT/project.yaml`). Written to a temporary folder and renamed.\n\n"
@@ -173,6 +174,9 @@ def parser() -> argparse.ArgumentParser:
     convert.add_argument("--to", choices=("zarr", "virelay"), default="zarr", help="output format (default: zarr)")
     convert.add_argument("--attribution", metavar="NAME", help="with --to virelay: the attribution set to export (default: the first)")
     convert.add_argument("--allow-nonfinite", action="store_true", help="copy attributions holding NaN/inf instead of stopping")
+    convert.add_argument("--compression", choices=("auto", "lz4", "zstd", "none"), default="auto",
+                         help="with --to zarr: compression of inputs and attributions (default auto: LZ4 where it "
+                              "makes a sample of the data at least 20%% smaller, else none)")
     convert.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     convert.set_defaults(run=cmd_convert)
 

@@ -182,3 +182,48 @@ def test_readahead_byte_ranges_cover_the_rows_stored_bytes(tmp_path, chunks):
         assert len(ranges) == 2  # rows 3..6 lie in the chunks starting at rows 0 and 4
         stored = [np.frombuffer(raw[o:o + s], np.float32).reshape(chunks) for o, s in ranges]  # in row order
         assert np.array_equal(np.concatenate(stored), values[0:8])
+
+
+@pytest.mark.parametrize("storage", [
+    dict(chunks=(4, 2, 3, 3)),                       # whole rows per chunk: read straight from the file
+    dict(chunks=None),                               # contiguous: likewise
+    dict(chunks=(4, 1, 3, 3)),                       # chunks split a row: through HDF5
+    dict(chunks=(4, 2, 3, 3), compression="gzip"),   # filtered: through HDF5
+    dict(chunks=(4, 3, 4, 5), dtype=">f4"),          # big-endian: through HDF5
+    dict(chunks=(4, 3, 4, 5), unwritten=True),       # chunks never written (fill value): through HDF5
+])
+def test_row_reads_equal_h5py_whether_read_from_the_file_directly_or_through_hdf5(tmp_path, storage):
+    storage = dict(storage)
+    unwritten, dtype = storage.pop("unwritten", False), storage.pop("dtype", "<f4")
+    values = np.arange(10 * 3 * 4 * 5, dtype=np.float32).reshape(10, 3, 4, 5)
+    path = tmp_path / "a.h5"
+    with h5py.File(path, "w") as h5:
+        if unwritten:
+            h5.create_dataset("attribution", shape=values.shape, dtype=dtype, fillvalue=-1, **storage)[:4] = values[:4]
+        else:
+            h5.create_dataset("attribution", data=values.astype(dtype), **storage)
+        h5["label"] = np.zeros(10, dtype=np.int64)
+    expected = h5_read(path, "attribution")
+    with h5py.File(path, "r") as h5:
+        direct = hdf5.direct_ranges(h5["attribution"], slice(2, 9)) is not None
+    assert direct == (storage.get("compression") is None and storage["chunks"] in (None, (4, 3, 4, 5))
+                      and dtype == "<f4" and not unwritten)
+    ds = xr.open_dataset(path, engine="virelay")
+    for key in (slice(2, 9), slice(0, 10), slice(3, 4), 7, slice(9, 2)):
+        np.testing.assert_array_equal(ds["attribution"][key].values, expected[key])
+    np.testing.assert_array_equal(ds["attribution"].isel(sample=slice(1, 9), channel=1).values, expected[1:9, 1])
+
+
+def test_a_truncated_file_is_reported_by_the_direct_read(tmp_path):
+    values = np.ones((64, 3, 8, 8), dtype=np.float32)
+    path = tmp_path / "a.h5"
+    with h5py.File(path, "w") as h5:
+        h5.create_dataset("attribution", data=values, chunks=(16, 3, 8, 8))
+        h5["label"] = np.zeros(64, dtype=np.int64)
+    ds = xr.open_dataset(path, engine="virelay")
+    with h5py.File(path, "r") as h5:
+        (offset, _), *_ = hdf5.direct_ranges(h5["attribution"], slice(48, 64))
+    with open(path, "r+b") as f:
+        f.truncate(offset + 100)
+    with pytest.raises(hdf5.RelaylabError, match=r"a\.h5.*/attribution.*ends before it"):
+        ds["attribution"][48:64].values

@@ -9,11 +9,13 @@ import textwrap
 import time
 
 import numpy as np
+import xarray as xr
 import pytest
 import zarr
 
 from relaylab.data import store as zstore
 from relaylab.data.convert import convert_to_virelay, convert_to_zarr
+from relaylab.data.labels import label_map_from_entries
 from relaylab.data.project import open_project
 from relaylab.errors import IncompleteStoreError, RelaylabError
 
@@ -69,7 +71,7 @@ def test_store_layout_dimension_names_chunks_and_compression(make_project, tmp_p
     monkeypatch.setattr(zstore, "INNER_CHUNK_BYTES", 21 * 3 * 16 * 16 * 4)  # 21 float samples per inner chunk,
     monkeypatch.setattr(zstore, "SHARD_BYTES", 42 * 3 * 16 * 16 * 4)  # 42 (2 inner chunks) per shard
     path = make_project(n_samples=100)
-    convert_to_zarr(path, tmp_path / "p.zarr", progress=False)
+    convert_to_zarr(path, tmp_path / "p.zarr", compression="lz4", progress=False)
     root = zarr.open_group(tmp_path / "p.zarr", mode="r")
     attribution = root["attributions/lrp_epsilon_plus/attribution"]
     assert attribution.metadata.dimension_names == ("sample", "channel", "y", "x")
@@ -83,6 +85,30 @@ def test_store_layout_dimension_names_chunks_and_compression(make_project, tmp_p
         assert project.attributions["lrp_epsilon_plus"]["attribution"].data.chunks[0] == (42, 42, 16)
         single = zstore.open_group(tmp_path / "p.zarr", "inputs", chunks=None)
         np.testing.assert_array_equal(single["input"][17].values, project.inputs["input"][17].values)
+
+
+def test_auto_compression_compresses_only_what_shrinks_by_a_fifth(tmp_path):
+    """"auto" keeps LZ4 for data that shrinks (sparse heatmaps, flat images) and stores noise-like data raw; the
+    choice is recorded in the group's metadata, and both read back exactly."""
+    rng = np.random.default_rng(0)
+    n = 64
+    sparse = np.where(rng.random((n, 3, 16, 16)) < 0.1, rng.normal(size=(n, 3, 16, 16)), 0).astype(np.float32)
+    noise = rng.normal(size=(n, 3, 16, 16)).astype(np.float32)
+    path = tmp_path / "p.zarr"
+    zstore.create_store(path, project={"name": "p"}, dataset={"name": "d"}, label_map=label_map_from_entries([{"index": 0, "word_net_id": "n0", "name": "zero"}]),
+                        source="x")
+    for group, values in (("attributions/sparse", sparse), ("attributions/noise", noise)):
+        ds = xr.Dataset({"attribution": (("sample", "channel", "y", "x"), values)}, coords={"sample": np.arange(n)})
+        zstore.write_dataset(path, group, ds, kind="attributions", compression="auto", progress=False)
+    root = zarr.open_group(path, mode="r")
+    assert "lz4" in str(root["attributions/sparse/attribution"].compressors)
+    assert root["attributions/noise/attribution"].compressors == ()
+    assert zstore.group_meta(root, "attributions/sparse")["compression"] == {"attribution": "lz4"}
+    assert zstore.group_meta(root, "attributions/noise")["compression"] == {"attribution": "none"}
+    np.testing.assert_array_equal(zstore.open_group(path, "attributions/sparse")["attribution"].values, sparse)
+    np.testing.assert_array_equal(zstore.open_group(path, "attributions/noise")["attribution"].values, noise)
+    stored = {g: sum(f.stat().st_size for f in (path / g / "attribution").rglob("*") if f.is_file()) for g in ("attributions/sparse", "attributions/noise")}
+    assert stored["attributions/sparse"] * 1.25 < sparse.nbytes <= stored["attributions/noise"]
 
 
 class Crash(Exception):

@@ -59,12 +59,15 @@ def source_file(ds: xr.Dataset, var: str) -> str:
 
 
 def convert_to_zarr(project_path: str | os.PathLike, out: str | os.PathLike, *, allow_nonfinite: bool = False,
-                    progress: bool = True) -> Path:
+                    compression: str = "auto", progress: bool = True) -> Path:
     """Copy a project into a relaylab Zarr store; a killed conversion resumes when re-run with the same arguments.
 
     Bad content (labels outside the label map, NaN/inf in attributions) stops the conversion and removes the store
-    it started, so no half-written output is left.
+    it started, so no half-written output is left. `compression`: "auto" (LZ4 where it saves at least a fifth,
+    see store.AUTO_MIN_RATIO), "lz4", "zstd" or "none", for inputs and attributions.
     """
+    if compression not in zstore.COMPRESSIONS:
+        raise RelaylabError.at(out, "", f"a compression of {', '.join(zstore.COMPRESSIONS)}", repr(compression))
     out = Path(out)
     resuming = zstore.is_store(out)
     with open_project(project_path) as project:
@@ -73,7 +76,7 @@ def convert_to_zarr(project_path: str | os.PathLike, out: str | os.PathLike, *, 
             dataset={"name": project.dataset_name}, label_map=project.label_map, source=str(Path(project_path).resolve()),
         )
         try:
-            write_project(project, out, allow_nonfinite=allow_nonfinite, progress=progress)
+            write_project(project, out, allow_nonfinite=allow_nonfinite, compression=compression, progress=progress)
         except RelaylabError:
             if not resuming:
                 zstore.remove(out)
@@ -81,7 +84,20 @@ def convert_to_zarr(project_path: str | os.PathLike, out: str | os.PathLike, *, 
     return out
 
 
-def write_project(project: Project, out: Path, *, allow_nonfinite: bool, progress: bool) -> None:
+def write_project(project: Project, out: Path, *, allow_nonfinite: bool, compression: str, progress: bool) -> None:
+    inputs = project.inputs
+    n = inputs.sizes[SAMPLE]
+    problems = [p for tree in project.analyses.values() for p in analysis_index_problems(tree, n)]
+    if problems:  # found before any sample is copied
+        raise RelaylabError(problems)
+    write_samples(project, out, allow_nonfinite=allow_nonfinite, compression=compression, progress=progress)
+    for name, tree in project.analyses.items():
+        zstore.write_analysis(out, name, tree, progress=progress)
+    zstore.update_store_metadata(out, status="complete")
+
+
+def write_samples(project: Project, out: Path, *, allow_nonfinite: bool, compression: str, progress: bool) -> None:
+    """Inputs and attribution sets, block by block, each block checked before it is written."""
     inputs = project.inputs
     input_file = source_file(inputs, "input")
 
@@ -90,7 +106,7 @@ def write_project(project: Project, out: Path, *, allow_nonfinite: bool, progres
 
     with Readahead(inputs) as readahead:
         zstore.write_dataset(out, "inputs", inputs, kind="inputs", check=check_inputs, readahead=readahead,
-                             progress=progress,
+                             compression=compression, progress=progress,
                              attrs={"name": project.dataset_name, "value_range": inputs.attrs.get("value_range")})
     if inputs.attrs.get("value_range") is None:
         stored = zstore.open_group(out, "inputs")["input"].data
@@ -110,14 +126,8 @@ def write_project(project: Project, out: Path, *, allow_nonfinite: bool, progres
         attributions = attributions.drop_vars([c for c in ("class_name", "word_net_id") if c in attributions.coords])
         with Readahead(attributions) as readahead:
             zstore.write_dataset(out, f"attributions/{name}", attributions, kind="attributions",
-                                 check=check_attributions, readahead=readahead, progress=progress, attrs=provenance)
-    n = inputs.sizes[SAMPLE]
-    for name, tree in project.analyses.items():
-        problems = analysis_index_problems(tree, n)
-        if problems:
-            raise RelaylabError(problems)
-        zstore.write_analysis(out, name, tree, progress=progress)
-    zstore.update_store_metadata(out, status="complete")
+                                 check=check_attributions, readahead=readahead, compression=compression,
+                                 progress=progress, attrs=provenance)
 
 
 def analysis_index_problems(tree: xr.DataTree, n_samples: int) -> list[Problem]:

@@ -79,8 +79,14 @@ class H5Array(BackendArray):
         for k, axis in zip(key, self.axes):
             if axis is not None:
                 file_key[axis] = k
+        file_key = tuple(file_key)
         with HDF5_LOCK:
-            values = self._read_file(tuple(file_key))
+            direct = self._direct_plan(file_key)
+            values = None if direct else self._read_file(file_key)
+        if direct:  # outside the lock: other threads read (and decode) while this one waits on the disk
+            values = read_ranges(*direct)
+            if isinstance(file_key[0], (int, np.integer)):
+                values = values[0]
         kept_file_axes = [a for a, k in enumerate(file_key) if not isinstance(k, (int, np.integer))]
         wanted = [a for k, a in zip(key, self.axes) if not isinstance(k, (int, np.integer))]
         values = values.transpose([kept_file_axes.index(a) for a in wanted if a is not None])
@@ -95,6 +101,25 @@ class H5Array(BackendArray):
         if cached is None or cached[0] is not file or not cached[1].id.valid:
             cached = self._node = (file, file[self.name])
         return cached[1]
+
+    def _direct_plan(self, key: tuple) -> tuple | None:
+        """(file, dataset path, byte ranges, shape, dtype) when `key` asks for whole rows that lie in the file as they are
+        (`direct_ranges`); None otherwise. Called under HDF5_LOCK."""
+        if self.members is not None or not key:
+            return None
+        rows = slice(key[0], key[0] + 1) if isinstance(key[0], (int, np.integer)) else key[0]
+        if not isinstance(rows, slice) or any(not isinstance(k, slice) or k.indices(s) != (0, s, 1)
+                                              for k, s in zip(key[1:], self.file_shape[1:])):
+            return None
+        start, stop, step = rows.indices(self.file_shape[0])
+        if step != 1:
+            return None
+        stop = max(start, stop)
+        node = self._dataset()
+        ranges = direct_ranges(node, slice(start, stop))
+        if ranges is None:
+            return None
+        return node.file.filename, node.name, ranges, (stop - start,) + self.file_shape[1:], self.dtype
 
     def _read_file(self, key: tuple) -> np.ndarray:
         node = self._dataset()
@@ -259,7 +284,8 @@ def open_virelay_dataset(path, kind: str = "auto", layout: str | None = None,
 
 
 class Readahead:
-    """Asks the kernel to read rows of a Dataset's HDF5 sources before they are wanted (POSIX_FADV_WILLNEED).
+    """Asks the kernel to read rows of a Dataset's HDF5 sources before they are wanted (POSIX_FADV_WILLNEED), for
+    the sources that HDF5 itself reads (compressed or oddly chunked: not `direct_ranges`).
 
     HDF5 reads a chunked dataset one chunk at a time, so a cold sequential copy waits on one disk request after
     another (0.5-0.7 GB/s here); announcing the next block's chunks lets the disk serve them together (1.3-1.5 GB/s).
@@ -279,7 +305,9 @@ class Readahead:
             with HDF5_LOCK:
                 h5 = h5py.File(file, "r")
                 node = h5.get(path)
-            if isinstance(node, h5py.Dataset) and node.shape[:1] == (n,):
+            # rows read straight from the file come in requests of many MB, which the kernel reads ahead by
+            # itself; announcing them costs ~10 ms per 32 MB block (the pages are allocated there and then)
+            if isinstance(node, h5py.Dataset) and node.shape[:1] == (n,) and direct_ranges(node, slice(0, 1)) is None:
                 self.sources.append((os.open(file, os.O_RDONLY), h5, node))
             else:
                 h5.close()
@@ -302,6 +330,62 @@ class Readahead:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def direct_ranges(node: h5py.Dataset, rows: slice) -> list[tuple[int, int]] | None:
+    """(file offset, size) of exactly the bytes of `rows`, in row order, when they are stored as they are in memory:
+    no filters (compression, shuffle, checksums), whole rows per chunk (or contiguous storage), native numbers, the
+    default (sec2) driver and every chunk written. Else None, and the rows are read through HDF5.
+
+    Reading these ranges with `os.preadv` skips HDF5's per-chunk selection and copy, which limited a cold copy of
+    uncompressed 3x64x64 float32 samples to ~0.6 GB/s on a disk that reads 3.7 GB/s."""
+    dtype = node.dtype
+    if dtype.kind not in "iufb" or not (dtype.isnative or dtype.itemsize == 1) or node.file.driver != "sec2" \
+            or node.file.userblock_size:
+        return None
+    plist = node.id.get_create_plist()
+    if plist.get_nfilters() or plist.get_external_count():
+        return None
+    row_bytes = math.prod(node.shape[1:]) * dtype.itemsize
+    if rows.stop <= rows.start:
+        return []
+    if node.chunks is None:
+        offset = node.id.get_offset()
+        return None if offset is None else [(offset + rows.start * row_bytes, (rows.stop - rows.start) * row_bytes)]
+    if tuple(node.chunks[1:]) != tuple(node.shape[1:]):
+        return None
+    step = node.chunks[0]
+    ranges: list[tuple[int, int]] = []
+    for first in range(rows.start - rows.start % step, rows.stop, step):
+        offset = node.id.get_chunk_info_by_coord((first,) + (0,) * (len(node.shape) - 1)).byte_offset
+        if offset is None:  # never written: HDF5 supplies the fill value
+            return None
+        lo, hi = max(first, rows.start), min(first + step, rows.stop)
+        offset, size = offset + (lo - first) * row_bytes, (hi - lo) * row_bytes
+        if ranges and ranges[-1][0] + ranges[-1][1] == offset:
+            ranges[-1] = (ranges[-1][0], ranges[-1][1] + size)
+        else:
+            ranges.append((offset, size))
+    return ranges
+
+
+def read_ranges(file: str, path: str, ranges: list[tuple[int, int]], shape: tuple, dtype: np.dtype) -> np.ndarray:
+    """The bytes at `ranges` of `file` (dataset `path`'s rows), one after the other, as an array of `shape` (see `direct_ranges`)."""
+    out = np.empty(shape, dtype=dtype)
+    view = memoryview(out.reshape(-1).view(np.uint8))
+    fd = os.open(file, os.O_RDONLY)
+    try:
+        position = 0
+        for offset, size in ranges:
+            while size:
+                got = os.preadv(fd, [view[position:position + size]], offset)
+                if not got:
+                    raise RelaylabError.at(file, path, f"stored data up to byte {offset + size}",
+                                           "the file ends before it (truncated?)")
+                position, offset, size = position + got, offset + got, size - got
+    finally:
+        os.close(fd)
+    return out
 
 
 def byte_ranges(node: h5py.Dataset, rows: slice) -> list[tuple[int, int]]:
