@@ -95,8 +95,8 @@ def test_auto_compression_compresses_only_what_shrinks_by_a_fifth(tmp_path):
     sparse = np.where(rng.random((n, 3, 16, 16)) < 0.1, rng.normal(size=(n, 3, 16, 16)), 0).astype(np.float32)
     noise = rng.normal(size=(n, 3, 16, 16)).astype(np.float32)
     path = tmp_path / "p.zarr"
-    zstore.create_store(path, project={"name": "p"}, dataset={"name": "d"}, label_map=label_map_from_entries([{"index": 0, "word_net_id": "n0", "name": "zero"}]),
-                        source="x")
+    label_map = label_map_from_entries([{"index": 0, "word_net_id": "n0", "name": "zero"}])
+    zstore.create_store(path, project={"name": "p"}, dataset={"name": "d"}, label_map=label_map, source="x")
     for group, values in (("attributions/sparse", sparse), ("attributions/noise", noise)):
         ds = xr.Dataset({"attribution": (("sample", "channel", "y", "x"), values)}, coords={"sample": np.arange(n)})
         zstore.write_dataset(path, group, ds, kind="attributions", compression="auto", progress=False)
