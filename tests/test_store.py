@@ -117,7 +117,8 @@ class Crash(Exception):
 
 def test_interrupted_write_resumes_without_redoing_finished_blocks(make_project, tmp_path, monkeypatch):
     monkeypatch.setattr(zstore, "INNER_CHUNK_BYTES", 5 * 3 * 16 * 16)  # 5 uint8 samples per chunk,
-    monkeypatch.setattr(zstore, "SHARD_BYTES", 10 * 3 * 16 * 16)  # 10 per shard = per write block
+    monkeypatch.setattr(zstore, "SHARD_BYTES", 10 * 3 * 16 * 16)  # 10 per shard
+    monkeypatch.setattr(zstore, "SHARDS_PER_COPY_BLOCK", 1)  # = per write block
     path = make_project(n_samples=95)
     with open_project(path) as project:
         zstore.create_store(tmp_path / "p.zarr", project={"name": "p"}, dataset={"name": "d"},

@@ -70,7 +70,7 @@ def convert_to_zarr(project_path: str | os.PathLike, out: str | os.PathLike, *, 
         raise RelaylabError.at(out, "", f"a compression of {', '.join(zstore.COMPRESSIONS)}", repr(compression))
     out = Path(out)
     resuming = zstore.is_store(out)
-    with open_project(project_path) as project:
+    with open_project(project_path, dask=False) as project:
         zstore.create_store(  # refuses foreign or finished outputs before touching them
             out, project={"name": project.name, "model": project.model, "description": project.metadata.get("description", "")},
             dataset={"name": project.dataset_name}, label_map=project.label_map, source=str(Path(project_path).resolve()),

@@ -102,8 +102,13 @@ class Project:
         return "\n".join(lines)
 
 
-def open_project(path: str | os.PathLike) -> Project:
-    """Open a ViRelAy project YAML, a relaylab project YAML (ViRelAy's plus relaylab's keys) or a relaylab Zarr store."""
+def open_project(path: str | os.PathLike, *, dask: bool = True) -> Project:
+    """Open a ViRelAy project YAML, a relaylab project YAML (ViRelAy's plus relaylab's keys) or a relaylab Zarr store.
+
+    The inputs and attribution sets are Dask-backed, chunked like their storage (for work across the dataset);
+    `dask=False` leaves a YAML project's arrays as plain lazy arrays that read exactly what is indexed, which is what
+    a block-by-block copy wants: Dask would read a block that spans two of its chunks twice over and stitch it
+    together (a fifth of a conversion's read time). Attribution sets split over several files stay Dask-backed."""
     path = Path(path)
     if zstore.is_store(path):
         return open_store_project(path)
@@ -111,7 +116,7 @@ def open_project(path: str | os.PathLike) -> Project:
         raise RelaylabError.at(path, "", "an existing project file (YAML) or relaylab Zarr store", "no such file")
     if path.is_dir():
         raise RelaylabError.at(path, "zarr.json", "a project YAML file or a relaylab Zarr store", "a folder without zarr.json")
-    return open_yaml_project(path)
+    return open_yaml_project(path, dask=dask)
 
 
 def open_projects(paths: list[str | os.PathLike]) -> dict[str, Project]:
@@ -162,7 +167,7 @@ def attribution_set_name(block: dict) -> str:
     return str(block.get("name") or block.get("attribution_method") or "attribution")
 
 
-def open_yaml_project(path: Path) -> Project:
+def open_yaml_project(path: Path, dask: bool = True) -> Project:
     data = read_project_yaml(path)
     problems = project_file_problems(data, str(path))
     if problems:
@@ -172,12 +177,13 @@ def open_yaml_project(path: Path) -> Project:
     label_map = load_label_map(folder / spec["label_map"])
     opened: list = []
     try:
-        inputs = open_inputs(spec["dataset"], folder, label_map, str(path))
+        inputs = open_inputs(spec["dataset"], folder, label_map, str(path), dask=dask)
         opened.append(inputs)
         attributions = {}
         for block in attribution_blocks(spec):
             name = attribution_set_name(block)
-            attributions[name] = open_attribution_set(block, folder, inputs, label_map, spec.get("model", ""), f"{path}")
+            attributions[name] = open_attribution_set(block, folder, inputs, label_map, spec.get("model", ""), f"{path}",
+                                                      dask=dask)
             opened.append(attributions[name])
         analyses = {}
         for block in spec.get("analyses") or []:
@@ -211,7 +217,7 @@ def is_relaylab_yaml(spec: dict) -> bool:
     return bool(RELAYLAB_KEYS & set(spec) or dataset_extra or isinstance(spec.get("attributions"), list))
 
 
-def open_inputs(dataset: dict, folder: Path, label_map: xr.Dataset, project_file: str) -> xr.Dataset:
+def open_inputs(dataset: dict, folder: Path, label_map: xr.Dataset, project_file: str, dask: bool = True) -> xr.Dataset:
     source = folder / dataset["path"]
     if dataset["type"] == "hdf5":
         inputs = open_virelay_dataset(source, kind="input", layout=dataset.get("layout"), value_range=dataset.get("value_range"))
@@ -226,7 +232,8 @@ def open_inputs(dataset: dict, folder: Path, label_map: xr.Dataset, project_file
             down_sampling_method=dataset.get("down_sampling_method", "none"),
             up_sampling_method=dataset.get("up_sampling_method", "none"),
         )
-    inputs = inputs.chunk(dask_chunks(inputs))
+    if dask:
+        inputs = inputs.chunk(dask_chunks(inputs))
     inputs.attrs["name"] = dataset["name"]
     return inputs
 
@@ -252,14 +259,14 @@ def dask_chunks(ds: xr.Dataset) -> dict:
 
 
 def open_attribution_set(block: dict, folder: Path, inputs: xr.Dataset, label_map: xr.Dataset, model: str,
-                         project_file: str) -> xr.Dataset:
+                         project_file: str, dask: bool = True) -> xr.Dataset:
     """All sources of one attribution set as one Dataset along `sample` (the dataset index of each row)."""
     parts = []
     try:
         for source in block["sources"]:
             part = open_virelay_dataset(folder / source, kind="attribution")
             check_attribution_part(part, inputs, str(folder / source))
-            parts.append(part.chunk(dask_chunks(part)))
+            parts.append(part.chunk(dask_chunks(part)) if dask or len(block["sources"]) > 1 else part)
         attributions = parts[0] if len(parts) == 1 else xr.concat(parts, dim=SAMPLE, data_vars="all", coords="different", compat="equals", join="outer")
     except BaseException:
         for part in parts:

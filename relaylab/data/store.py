@@ -56,9 +56,9 @@ STORE_FORMAT = "relaylab-store"
 FORMAT_VERSION = 1
 INNER_CHUNK_BYTES = 256 * 2**10  # 64 KiB measured 1.3x slower to convert (per-chunk codec calls); a 224² RGB sample is 150 KB
 SHARD_BYTES = 32 * 2**20
-# a copy reads and writes several shards at a time: each block costs ~10 ms of Python (xarray, Dask, checks)
-# besides the copying, a third of the time of a 32 MiB block at this disk's ~3 GB/s
-COPY_BLOCK_BYTES = 128 * 2**20
+# a copy reads and writes several shards at a time: each block costs ~10 ms of Python (xarray, checks, encoding)
+# besides the copying, about as long as copying 32 MiB at ~3 GB/s
+SHARDS_PER_COPY_BLOCK = 4
 IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
 PROGRESS = "_progress"
 # LZ4 with bit shuffle: on float32 attributions in 256 KiB chunks it compresses as well as Zstd level 1 with bit
@@ -136,7 +136,6 @@ def store_label_map(path: str | Path) -> xr.Dataset:
 # ----------------------------------------------------------------------------------------------- sample-wise groups
 
 
-
 def block_rows(ds: xr.Dataset) -> int:
     """Samples per shard (the unit of resumable writes): about SHARD_BYTES of the widest per-sample variable."""
     per_sample = max(
@@ -144,6 +143,11 @@ def block_rows(ds: xr.Dataset) -> int:
     )
     inner = inner_rows(per_sample)
     return max(inner, SHARD_BYTES // max(1, per_sample) // inner * inner)
+
+
+def copy_block_rows(ds: xr.Dataset) -> int:
+    """Samples per write block of a copy (`write_dataset`'s default): SHARDS_PER_COPY_BLOCK whole shards."""
+    return block_rows(ds) * SHARDS_PER_COPY_BLOCK
 
 
 def inner_rows(per_sample_bytes: int) -> int:
@@ -187,7 +191,8 @@ def choose_compression(ds: xr.Dataset, compression: str) -> dict[str, str]:
             chosen[name] = compression
             continue
         per_chunk = inner_rows(math.prod(v.shape[1:]) * v.dtype.itemsize)
-        probe = np.ascontiguousarray(v.isel({SAMPLE: slice(0, per_chunk * AUTO_PROBE_CHUNKS)}).values)
+        # synchronously, as the blocks are read: Dask's default scheduler would import distributed (~0.2 s)
+        probe = np.ascontiguousarray(v.isel({SAMPLE: slice(0, per_chunk * AUTO_PROBE_CHUNKS)}).load(scheduler="synchronous").values)
         codec = numcodecs.Blosc(cname="lz4", clevel=1, shuffle=numcodecs.Blosc.BITSHUFFLE)
         stored = sum(len(codec.encode(probe[i:i + per_chunk])) for i in range(0, len(probe), per_chunk))
         chosen[name] = "lz4" if probe.nbytes >= AUTO_MIN_RATIO * max(1, stored) else "none"
@@ -218,10 +223,12 @@ def group_meta(root: zarr.Group, group: str) -> dict | None:
 
 def write_dataset(path: str | Path, group: str, ds: xr.Dataset, *, kind: str, attrs: dict | None = None,
                   check: BlockCheck | None = None, readahead: Callable[[slice], None] | None = None,
-                  compression: str = "lz4", progress: bool = True) -> None:
+                  compression: str = "lz4", rows: int | None = None, progress: bool = True) -> None:
     """Write `ds` into `group` block by block, resuming a killed write of the same data.
 
-    `compression` (one of COMPRESSIONS) is settled when the group is created; a resumed write keeps it.
+    `compression` (one of COMPRESSIONS) is settled when the group is created; a resumed write keeps it. `rows`:
+    samples per write block, whole shards (default `copy_block_rows`; a job that computes each shard passes
+    `block_rows`, so a kill loses at most one shard's work).
 
     `check(block, rows)` may return problems found in a block (e.g. NaN); they stop the write before that block
     lands, and are raised as a RelaylabError. `readahead(rows)` is told each block's rows one block before they are
@@ -230,7 +237,9 @@ def write_dataset(path: str | Path, group: str, ds: xr.Dataset, *, kind: str, at
     root = _root(path, mode="r+")
     n = ds.sizes[SAMPLE]
     shard = block_rows(ds)
-    rows = shard * max(1, COPY_BLOCK_BYTES // SHARD_BYTES)
+    rows = rows or copy_block_rows(ds)
+    if rows % shard:
+        raise ValueError(f"write blocks of {rows} samples are not whole shards of {shard}")
     n_blocks = max(1, math.ceil(n / rows))
     stamp = fingerprint(ds, rows)
     meta = resumable_meta(path, root, group, stamp, "a group written from the same source data",
@@ -461,12 +470,14 @@ def write_pieces(path: Path, pieces: list) -> None:
     partial = path.with_suffix(f".{uuid.uuid4().hex}.partial")
     fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
     try:
-        while views:
-            written = os.writev(fd, views[:IOV_MAX])
-            while views and written >= len(views[0]):
-                written -= len(views.pop(0))
-            if written:
-                views[0] = views[0][written:]
+        first = 0
+        while first < len(views):
+            written = os.writev(fd, views[first:first + IOV_MAX])
+            while first < len(views) and written >= len(views[first]):
+                written -= len(views[first])
+                first += 1
+            if written:  # a short write ended inside this view
+                views[first] = views[first][written:]
         os.close(fd)
         fd = -1
         os.replace(partial, path)
@@ -529,7 +540,7 @@ def open_group(path: str | Path, group: str, *, chunks: str | dict | None = "blo
         chunks = {SAMPLE: meta["block_rows"]} if "block_rows" in meta else {}
     ds = xr.open_zarr(str(path), group=group, consolidated=False, chunks=chunks, zarr_format=3)
     ds.attrs = {**ds.attrs, **{k: v for k, v in meta.items()
-                               if k not in ("status", "fingerprint", "blocks", "block_rows", "write_rows")}}
+                               if k not in ("status", "fingerprint", "blocks", "block_rows", "write_rows", "compression")}}
     ds.attrs.pop("relaylab", None)
     return ds
 

@@ -238,7 +238,8 @@ def ingest(folder: str | os.PathLike, out: str | os.PathLike, *, size: tuple[int
                 "path": (SAMPLE, np.array([rel for _, rel, _ in kept], dtype=np.dtypes.StringDType()))},
         attrs={"kind": "input", "value_range": [0.0, 255.0], "source_file": source, "preprocessing": prep.to_dict()},
     )
-    zstore.write_dataset(out, "inputs", inputs, kind="inputs", progress=progress,
+    # one shard per write block: decoding, not copying, is the work here, and a kill loses at most one shard of it
+    zstore.write_dataset(out, "inputs", inputs, kind="inputs", rows=zstore.block_rows(inputs), progress=progress,
                          attrs={"name": folder.name, "value_range": [0.0, 255.0]})
     zstore.update_store_metadata(out, status="complete")
     log.info("ingested %d images of %d classes from %s into %s (%d skipped)", len(kept), len(classes), folder, out, len(skipped))

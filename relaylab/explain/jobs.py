@@ -295,7 +295,7 @@ def attribute(store_path: str | os.PathLike, *, name: str = "lrp", method: str =
                    if client else lambda b: attribution_block(job, *blocks[b]))
         ds = lazy_dataset(inputs, shapes, attrs, compute=compute, blocks=blocks)
         log.info("attributing %d samples with %s (%s) into %s", n, method, target, group)
-        zstore.write_dataset(path, group, ds, kind="attributions", attrs=attrs, progress=progress)
+        zstore.write_dataset(path, group, ds, kind="attributions", attrs=attrs, rows=rows, progress=progress)
     finally:
         if client is not None:
             client.close()
