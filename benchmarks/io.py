@@ -348,7 +348,9 @@ def child_convert(project_path: str, out: str) -> None:
         "import_s": import_s, "convert_s": t1 - t0, "sync_s": t2 - t1,
         "convert_cpu_s": (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system),
         **{k: io1.get(k, 0) - io0.get(k, 0) for k in ("rchar", "wchar", "read_bytes", "write_bytes")},
-        "compressor": str(zstore.COMPRESSOR), "zarr_config": {k: zarr.config.get(k) for k in ("async", "threading")},
+        "compression": {group: meta.get("compression") for group, meta in zstore.group_metas(out).items()
+                        if meta.get("compression")},
+        "zarr_config": {k: zarr.config.get(k) for k in ("async", "threading")},
         "verified_samples": verify_store(project_path, out),
     })
 
@@ -631,7 +633,7 @@ def measure_convert(args, work: Path, n: int, image: tuple[int, int, int], disk_
         row("convert", case, "throughput incl. sync", [logical / (r["convert_s"] + r["sync_s"]) / MB for r in results], "MB/s"),
         row("convert", case, "disk reads", [r["read_bytes"] / MB for r in results], "MB", note="shows the sources came from disk"),
         row("convert", case, "store size", [r["store_bytes"] / MB for r in results], "MB",
-            note=f"compression {logical / results[-1]['store_bytes']:.2f}x, {results[-1]['compressor']}"),
+            note=f"compression {logical / results[-1]['store_bytes']:.2f}x, chosen: {results[-1]['compression']}"),
         row("convert", case, "peak RSS", [r["peak_rss_bytes"] / MB for r in results], "MB"),
         row("convert", case, "CPU busy during convert", [r["convert_cpu_s"] / r["convert_s"] for r in results],
             "cores", note=f"(user+sys CPU s) / convert_s, of {machine_cores()} cores"),

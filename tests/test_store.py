@@ -276,7 +276,7 @@ def test_shard_writer_stores_the_bytes_zarr_itself_would(tmp_path, dtype):
     values[8:12] = 0  # inner chunks equal to the fill value are left out, as zarr does
     root = zarr.open_group(tmp_path / "s.zarr", mode="w", zarr_format=3)
     kwargs = dict(shape=values.shape, dtype=dtype, chunks=(2, 3, 8, 8), shards=(10, 3, 8, 8),
-                  compressors=[zstore.COMPRESSOR], fill_value=0, dimension_names=("sample", "channel", "y", "x"))
+                  compressors=[zstore.COMPRESSORS["lz4"]], fill_value=0, dimension_names=("sample", "channel", "y", "x"))
     ours, theirs = root.create_array("ours", **kwargs), root.create_array("theirs", **kwargs)
     assert zstore.ShardWriter.usable(ours)
     from concurrent.futures import ThreadPoolExecutor

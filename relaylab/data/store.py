@@ -68,7 +68,6 @@ COMPRESSORS = {
     "lz4": zarr.codecs.BloscCodec(cname="lz4", clevel=1, shuffle="bitshuffle"),
     "zstd": zarr.codecs.BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle"),
 }
-COMPRESSOR = COMPRESSORS["lz4"]
 COMPRESSIONS = ("auto", *COMPRESSORS, "none")
 # "auto" stores a variable with LZ4 when LZ4 shrinks a sample of it by at least a fifth, and uncompressed otherwise
 # (as ZFS and btrfs skip blocks that do not compress). Images and attributions rarely get there: the demo's LRP
@@ -191,7 +190,6 @@ def choose_compression(ds: xr.Dataset, compression: str) -> dict[str, str]:
             chosen[name] = compression
             continue
         per_chunk = inner_rows(math.prod(v.shape[1:]) * v.dtype.itemsize)
-        # synchronously, as the blocks are read: Dask's default scheduler would import distributed (~0.2 s)
         probe = np.ascontiguousarray(v.isel({SAMPLE: slice(0, per_chunk * AUTO_PROBE_CHUNKS)}).load(scheduler="synchronous").values)
         codec = numcodecs.Blosc(cname="lz4", clevel=1, shuffle=numcodecs.Blosc.BITSHUFFLE)
         stored = sum(len(codec.encode(probe[i:i + per_chunk])) for i in range(0, len(probe), per_chunk))
