@@ -102,6 +102,19 @@ def _timed(stages: dict, name: str, fn, *args):
     return out
 
 
+def _measured_runs(options: dict, run_once) -> tuple[dict, object]:
+    """`run_once(stages)` warm-up + repeats times (it times its stages into `stages` and returns its labels): the
+    measured runs and the peak memory above what the process held before them, and the last run's labels."""
+    baseline = _vm_peak()
+    runs, labels = [], None
+    for _ in range(options["warmup"] + options["repeats"]):
+        stages: dict = {}
+        labels = run_once(stages)
+        runs.append(stages)
+    return {"runs": runs[options["warmup"]:], "baseline_rss_bytes": baseline,
+            "peak_above_baseline_bytes": _vm_peak() - baseline}, labels
+
+
 def child_relaylab(data_path: str, labels_path: str, options_json: str) -> None:
     """relaylab's steps from the default configuration (with `options` overrides), stage by stage."""
     start = time.perf_counter()
@@ -116,21 +129,22 @@ def child_relaylab(data_path: str, labels_path: str, options_json: str) -> None:
     config.update(device=options["device"], preprocessing=options["preprocessing"],
                   embeddings={name: {} for name in options["embeddings"]})
     data = np.load(data_path)
-    baseline = _vm_peak()
-    runs, labels = [], {}
-    for _ in range(options["warmup"] + options["repeats"]):
-        spray, stages = build_spray(config), {}
+    spray = build_spray(config)
+    width = {}
+
+    def run_once(stages: dict) -> dict:
         features = _timed(stages, "preprocess", lambda: np.asarray(clone(spray.preprocessing).fit_transform(data)).reshape(len(data), -1))
+        width["features"] = int(features.shape[1])
         graph = _timed(stages, "knn", clone(spray.knn).fit_transform, features)
         spectral = _timed(stages, "spectral", lambda: clone(spray.spectral).fit(clone(spray.affinity).fit_transform(graph)))
         labels = {name: _timed(stages, name, clone(est).fit_predict, spectral.embedding_) for name, est in spray.clusterings.items()}
         for name, est in spray.embeddings.items():
             _timed(stages, name, clone(est).fit_transform, spectral.embedding_)
-        runs.append(stages)
+        return labels
+
+    measured, labels = _measured_runs(options, run_once)
     np.savez(labels_path, **labels)
-    child_result({"import_s": import_s, "runs": runs[options["warmup"]:], "baseline_rss_bytes": baseline,
-                  "peak_above_baseline_bytes": _vm_peak() - baseline, "features": int(features.shape[1]),
-                  "knn_method": getattr(spray.knn, "method", None)})
+    child_result({"import_s": import_s, **measured, **width, "knn_method": getattr(spray.knn, "method", None)})
 
 
 def child_corelay(data_path: str, labels_path: str, options_json: str) -> None:
@@ -146,19 +160,17 @@ def child_corelay(data_path: str, labels_path: str, options_json: str) -> None:
     import_s = time.perf_counter() - start
     options = json.loads(options_json)
     data = np.load(data_path)
-    baseline = _vm_peak()
-    runs = []
-    for _ in range(options["warmup"] + options["repeats"]):
-        stages = {}
+
+    def run_once(stages: dict):
         distances = _timed(stages, "distance", SciPyPDist(metric="euclidean"), data)
         affinity = _timed(stages, "knn", SparseKNN(n_neighbors=10, symmetric=True), distances)
         del distances
         _, vectors = _timed(stages, "spectral", lambda: EigenDecomposition(n_eigval=32)(SymmetricNormalLaplacian()(affinity)))
-        labels = _timed(stages, f"kmeans-{K:02d}", KMeans(n_clusters=K, kwargs={"n_init": 10, "random_state": 0}), vectors)
-        runs.append(stages)
+        return _timed(stages, f"kmeans-{K:02d}", KMeans(n_clusters=K, kwargs={"n_init": 10, "random_state": 0}), vectors)
+
+    measured, labels = _measured_runs(options, run_once)
     np.save(labels_path, labels)
-    child_result({"import_s": import_s, "runs": runs[options["warmup"]:], "baseline_rss_bytes": baseline,
-                  "peak_above_baseline_bytes": _vm_peak() - baseline})
+    child_result({"import_s": import_s, **measured})
 
 
 def child_sklearn(data_path: str, labels_path: str, options_json: str) -> None:
@@ -170,17 +182,15 @@ def child_sklearn(data_path: str, labels_path: str, options_json: str) -> None:
     import_s = time.perf_counter() - start
     options = json.loads(options_json)
     data = np.load(data_path)
-    baseline = _vm_peak()
-    runs = []
-    for _ in range(options["warmup"] + options["repeats"]):
-        stages = {}
+
+    def run_once(stages: dict):
         model = SpectralClustering(n_clusters=K, affinity="nearest_neighbors", n_neighbors=10, eigen_solver=options["solver"],
                                    random_state=0, n_jobs=1)
-        labels = _timed(stages, "total", model.fit_predict, data)
-        runs.append(stages)
+        return _timed(stages, "total", model.fit_predict, data)
+
+    measured, labels = _measured_runs(options, run_once)
     np.save(labels_path, labels)
-    child_result({"import_s": import_s, "runs": runs[options["warmup"]:], "baseline_rss_bytes": baseline,
-                  "peak_above_baseline_bytes": _vm_peak() - baseline})
+    child_result({"import_s": import_s, **measured})
 
 
 CHILD_TASKS = {"child-relaylab": child_relaylab, "child-corelay": child_corelay, "child-sklearn": child_sklearn}
