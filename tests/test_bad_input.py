@@ -132,6 +132,17 @@ def test_nonfinite_attributions_convert_only_when_allowed(make_project, tmp_path
         assert np.isinf(project.attributions["lrp_epsilon_plus"]["attribution"][4, 1, 2, 2].values)
 
 
+def test_an_unknown_compression_is_refused_before_anything_is_written(make_project, tmp_path):
+    from relaylab.data.convert import convert_to_zarr
+
+    path = make_project(n_samples=10)
+    with pytest.raises(RelaylabError, match=r"a\.zarr: expected a compression of auto, lz4, zstd, none \(found 'gzip'\)"):
+        convert_to_zarr(path, tmp_path / "a.zarr", compression="gzip", progress=False)
+    assert not (tmp_path / "a.zarr").exists()
+    cli = run_cli("convert", "-q", "--compression", "gzip", path, tmp_path / "a.zarr")
+    assert cli.returncode == 2 and "invalid choice: 'gzip'" in cli.stderr and not (tmp_path / "a.zarr").exists()
+
+
 def test_two_projects_with_the_same_name(make_project):
     first, second = make_project(name="twin"), make_project(name="twin")
     report = run_cli("validate", "-q", first, second)
