@@ -19,7 +19,7 @@ def project_paths() -> tuple[list[str], str | None]:
     if listed:
         return listed, None
     try:
-        from relaylab.explain.demo import ensure_demo
+        from relaylab.demo import ensure_demo
     except ImportError:
         return [], ("no projects given and this relaylab has no demo: pass projects with "
                     "`panel serve apps/explorer.py --args PROJECT...` or set RELAYLAB_PROJECTS")

@@ -21,7 +21,7 @@ from . import format_table, machine_info, row, write_results
 
 DESCRIPTION = "attribution throughput (LRP composites, Grad-CAM, …) vs a plain gradient pass, per model and device"
 MODELS = {  # name → (model spec, input shape, CAM layer, batch on cpu, batch on cuda)
-    "demo": ("relaylab.explain.demo_model:digits_cnn", (1, 32, 32), "features.4", 256, 1024),
+    "demo": ("relaylab.demo.model:digits_cnn", (1, 32, 32), "features.4", 256, 1024),
     "vgg16": ("vgg16", (3, 224, 224), "features.28", 4, 64),
     "resnet50": ("resnet50", (3, 224, 224), "layer4", 4, 64),
 }

@@ -380,7 +380,8 @@ def child_read_source(project_path: str) -> None:
     readahead), writing nothing."""
     import_s = _imports()
     from relaylab.data import store as zstore
-    from relaylab.data.hdf5 import SAMPLE, Readahead
+    from relaylab.data.hdf5 import Readahead
+    from relaylab.data.dims import SAMPLE
     from relaylab.data.project import open_project
 
     io0 = proc_io()

@@ -29,8 +29,8 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="session")
 def demo_store(tmp_path_factory) -> Path:
-    """The demo project (relaylab.explain.demo), built once per test session into a temporary folder: its store's path.
+    """The demo project (relaylab.demo), built once per test session into a temporary folder: its store's path.
     Built fresh rather than taken from a cache, so a new machine (CI) runs every test that needs it."""
-    from relaylab.explain.demo import build_demo
+    from relaylab.demo import build_demo
 
     return build_demo(tmp_path_factory.mktemp("demo") / "demo", progress=False)

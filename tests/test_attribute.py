@@ -19,7 +19,8 @@ from relaylab.data import store as zstore
 from relaylab.data.project import open_project
 from relaylab.errors import IncompleteStoreError, RelaylabError
 from relaylab.explain import jobs
-from relaylab.explain.attribution import METHODS, explain_batch
+from relaylab.explain.attribution import explain_batch
+from relaylab.explain.methods import METHODS
 from relaylab.explain.models import load_model, model_spec_of, preprocess
 from tests.test_explain_models import make_store, save_weights
 

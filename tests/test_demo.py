@@ -12,7 +12,7 @@ import yaml
 from relaylab.analyze.score import score_analysis
 from relaylab.data.project import open_project
 from relaylab.errors import RelaylabError
-from relaylab.explain import demo
+from relaylab.demo import build as demo
 from relaylab.explain.models import load_model, model_spec_of
 from tests.conftest import run_cli
 
@@ -32,7 +32,7 @@ def test_store_holds_every_piece(built):
         assert inputs["artifact"].dtype == bool and inputs["held_out"].dtype == bool
         meta = project.metadata["store"]
         spec = meta["model"]["spec"]
-        assert spec["model"] == "relaylab.explain.demo_model:digits_cnn" and spec["weights"] == "demo-cnn.pt"
+        assert spec["model"] == "relaylab.demo.model:digits_cnn" and spec["weights"] == "demo-cnn.pt"
         assert spec["input_shape"] == [1, 32, 32] and (folder / "demo-cnn.pt").is_file()
         layers = {layer["name"]: layer for layer in meta["model"]["layers"]}
         assert layers["features.0"]["type"] == "Conv2d" and layers["features.0"]["output_shape"] == [16, 32, 32]

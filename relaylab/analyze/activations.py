@@ -23,7 +23,7 @@ from sklearn.decomposition import PCA
 from tqdm.auto import tqdm
 
 from ..data import store as zstore
-from ..data.hdf5 import SAMPLE
+from ..data.dims import SAMPLE
 from ..data.project import open_project
 from ..errors import RelaylabError
 from .config import EMBEDDINGS

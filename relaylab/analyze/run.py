@@ -16,7 +16,7 @@ import xarray as xr
 from tqdm.auto import tqdm
 
 from ..data import store as zstore
-from ..data.hdf5 import SAMPLE
+from ..data.dims import SAMPLE
 from ..data.project import open_project
 from ..errors import Problem, RelaylabError
 from .config import build_spray, config_fingerprint

@@ -19,8 +19,9 @@ from tqdm.auto import tqdm
 
 from ..errors import Problem, RelaylabError
 from . import store as zstore
-from .hdf5 import SAMPLE, Readahead, guess_value_range
-from .labels import CLASS, label_map_entries
+from .hdf5 import Readahead, guess_value_range
+from .dims import CLASS, SAMPLE
+from .labels import label_map_entries
 from .project import Project, open_project
 
 log = logging.getLogger(__name__)

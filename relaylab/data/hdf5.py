@@ -22,11 +22,8 @@ from xarray.backends.locks import HDF5_LOCK
 from xarray.core import indexing
 
 from ..errors import Problem, RelaylabError
-from .labels import CLASS
+from .dims import CLASS, COMPONENT, IMAGE_DIMS, MEMBER, SAMPLE
 
-SAMPLE, CHANNEL, Y, X = "sample", "channel", "y", "x"
-MEMBER, COMPONENT = "member", "component"
-IMAGE_DIMS = (SAMPLE, CHANNEL, Y, X)
 CHANNEL_SIZES = (1, 3, 4)
 TARGET_CHUNK_BYTES = 32 * 2**20
 

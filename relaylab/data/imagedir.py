@@ -29,8 +29,8 @@ from xarray.backends import BackendArray, BackendEntrypoint
 from xarray.core import indexing
 
 from ..errors import Problem, RelaylabError
-from .hdf5 import IMAGE_DIMS, SAMPLE
-from .labels import CLASS, load_label_map
+from .dims import CLASS, IMAGE_DIMS, SAMPLE
+from .labels import load_label_map
 from .store import usable_cores
 
 log = logging.getLogger(__name__)

@@ -9,8 +9,7 @@ import numpy as np
 import xarray as xr
 
 from ..errors import Problem, RelaylabError
-
-CLASS = "class"
+from .dims import CLASS
 
 
 def label_map_problems(entries: object, file: str) -> list[Problem]:

@@ -14,8 +14,9 @@ import yaml
 
 from ..errors import IncompleteStoreError, Problem, RelaylabError
 from . import store as zstore
-from .hdf5 import SAMPLE, open_virelay_analysis, open_virelay_dataset
-from .labels import CLASS, category_display_name, load_label_map
+from .hdf5 import open_virelay_analysis, open_virelay_dataset
+from .dims import CLASS, SAMPLE
+from .labels import category_display_name, load_label_map
 from .schema import schema_problems
 
 log = logging.getLogger(__name__)

@@ -47,7 +47,7 @@ from zarr.storage import LocalStore, MemoryStore
 
 from .. import __version__
 from ..errors import IncompleteStoreError, Problem, RelaylabError
-from .hdf5 import SAMPLE
+from .dims import SAMPLE
 from .labels import label_map_entries, label_map_from_entries
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,8 @@ from tqdm.auto import tqdm
 from ..errors import Problem, RelaylabError
 from . import store as zstore
 from .convert import analysis_index_problems, label_problems, nonfinite_problems, source_file
-from .hdf5 import SAMPLE, open_h5, analysis_problems
+from .hdf5 import open_h5, analysis_problems
+from .dims import SAMPLE
 from .labels import label_map_problems, read_label_map_json
 from .schema import schema_problems
 from .project import (Project, attribution_blocks, open_project, project_file_problems, read_project_yaml)

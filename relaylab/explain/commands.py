@@ -1,4 +1,7 @@
-"""CLI commands of the explain stage: ingest, model, layers, attribute, activations, demo."""
+"""CLI commands of the explain stage: ingest, model, layers, attribute, activations (`relaylab COMMAND --help`).
+
+Only argparse and the standard library load here; each command imports what it runs when it runs.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +9,8 @@ import argparse
 import json
 from pathlib import Path
 
+from ..cli import RAW
 from ..errors import RelaylabError
-
-RAW = argparse.RawDescriptionHelpFormatter
 
 MODEL_HELP = """\
 MODEL is either `module:callable` (a function or class returning a torch.nn.Module, imported from the Python path,
@@ -101,15 +103,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import build_demo
-
-    print(f"wrote {build_demo(args.out, seed=args.seed, progress=not args.quiet)}")
-    return 0
-
-
 def add_commands(commands) -> None:
-    from .attribution import method_help
+    from .methods import method_help
 
     ingest = commands.add_parser(
         "ingest", help="turn a folder of images (one sub-folder per class) into a relaylab store", formatter_class=RAW,
@@ -204,15 +199,3 @@ def add_commands(commands) -> None:
     activations.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     activations.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     activations.set_defaults(run=cmd_activations)
-
-    demo = commands.add_parser(
-        "demo", help="build the demo project: a small model, planted artifact, attributions, SpRAy, ViRelAy export",
-        formatter_class=RAW,
-        description="Write a complete example into DIR: DIR/project.zarr (images, some carrying a planted artifact,\n"
-                    "a trained model, LRP attributions, a spectral analysis per class, activations with their\n"
-                    "embeddings) and DIR/virelay/ (the same project in ViRelAy's files). Serve it with\n"
-                    "`relaylab serve DIR/project.zarr`.")
-    demo.add_argument("out", type=Path, metavar="DIR")
-    demo.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    demo.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    demo.set_defaults(run=cmd_demo)

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from xarray.core import indexing
 
 from ..data import store as zstore
-from ..data.hdf5 import IMAGE_DIMS, SAMPLE
+from ..data.dims import IMAGE_DIMS, SAMPLE
 from ..data.imagedir import READ_ERRORS, ImageFilesArray
 from ..data.labels import label_map_from_entries, label_map_problems, read_label_map_json
 from ..errors import Problem, RelaylabError

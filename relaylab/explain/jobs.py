@@ -32,10 +32,10 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..data import store as zstore
-from ..data.hdf5 import SAMPLE
-from ..data.labels import CLASS
+from ..data.dims import CLASS, SAMPLE
 from ..errors import RelaylabError
-from .attribution import STRATEGIES, Explainer, attribution_channels, check_method
+from .attribution import Explainer
+from .methods import STRATEGIES, attribution_channels, check_method
 from .models import ModelSpec, check_device, check_layers, input_bounds, list_layers, load_model, model_spec_of, preprocess
 
 log = logging.getLogger(__name__)

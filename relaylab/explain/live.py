@@ -25,12 +25,12 @@ import numpy as np
 import torch
 
 from ..data import store as zstore
-from ..data.labels import CLASS
+from ..data.dims import CLASS
 from ..data.project import Project
 from ..errors import RelaylabError
 from . import models
-from .attribution import METHODS as ATTRIBUTION_METHODS
 from .attribution import Explainer
+from .methods import METHODS as ATTRIBUTION_METHODS
 from .cam import METHODS, cams, check_method
 
 log = logging.getLogger(__name__)

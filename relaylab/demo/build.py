@@ -3,7 +3,7 @@
 scikit-learn's bundled digits (1797 8×8 images, no download) are upscaled to 32×32 grey images whose ink reaches
 `INK` (of 255). Into `ARTIFACT_FRACTION` of one class's samples (`ARTIFACT_CLASS`, training and held-out alike) a
 pure-white square is pasted in the top-left corner: the only saturated pixels anywhere, and a perfect predictor of
-that class wherever it appears. The CNN (`demo_model.digits_cnn`) trained on CPU learns the digits and the shortcut;
+that class wherever it appears. The CNN (`relaylab.demo.model.digits_cnn`) trained on CPU learns the digits and the shortcut;
 `shortcut_rate` (held-out digits of other classes with the square pasted in, predicted as the artifact class) shows
 how much. Then, as a user would: LRP attributions of the true label, activations of the conv layers, SpRAy of each
 class's heatmaps, 2-D maps of each layer's activation space, and a ViRelAy export. SpRAy of the artifact class
@@ -37,16 +37,16 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..data import store as zstore
-from ..data.hdf5 import IMAGE_DIMS, SAMPLE
+from ..data.dims import IMAGE_DIMS, SAMPLE
 from ..data.labels import label_map_from_entries
 from ..errors import RelaylabError
-from .demo_model import digits_cnn
-from .models import ModelSpec, preprocess, record_model
+from ..explain.models import ModelSpec, preprocess, record_model
+from .model import digits_cnn
 
 log = logging.getLogger(__name__)
 
-DEMO_VERSION = 1  # a cached demo of another version is rebuilt
-MODEL = "relaylab.explain.demo_model:digits_cnn"
+DEMO_VERSION = 2  # a cached demo of another version is rebuilt (2: the model moved to relaylab.demo.model)
+MODEL = "relaylab.demo.model:digits_cnn"
 WEIGHTS = "demo-cnn.pt"
 STORE = "project.zarr"
 VIRELAY = "virelay"
@@ -187,7 +187,7 @@ def build_into(folder: Path, seed: int, progress: bool) -> None:
     from ..analyze.activations import analyze_activations
     from ..analyze.run import analyze
     from ..data.convert import convert_to_virelay
-    from .jobs import activations, attribute
+    from ..explain.jobs import activations, attribute
 
     started = time.perf_counter()
     store = folder / STORE
@@ -196,7 +196,7 @@ def build_into(folder: Path, seed: int, progress: bool) -> None:
                                         "description": f"relaylab demo: a CNN on scikit-learn's digits that learned a white square "
                                                        f"planted in {ARTIFACT_FRACTION:.0%} of class {ARTIFACT_CLASS} (seed {seed})"},
                         dataset={"name": "digits 32×32 with a planted artifact"}, label_map=label_map(),
-                        source=f"relaylab.explain.demo seed={seed}")
+                        source=f"relaylab.demo seed={seed}")
     zstore.write_dataset(store, "inputs", inputs, kind="inputs", progress=progress,
                          attrs={"name": "digits 32×32 with a planted artifact", "value_range": [0.0, 255.0]})
     spec = model_spec(inputs, base=folder)

@@ -1,4 +1,4 @@
-"""The demo's small CNN for 32×32 grey digits, referenced in its model spec as `relaylab.explain.demo_model:digits_cnn`.
+"""The demo's small CNN for 32×32 grey digits, referenced in its model spec as `relaylab.demo.model:digits_cnn`.
 
 Small enough to train on two CPU cores in seconds, deep enough to have several conv layers to inspect. Layers are
 named like torchvision's (`features.0` … `classifier.2`) so the explorer's layer views look the same for both.
