@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import OrderedDict
-from collections.abc import Callable, Hashable
 
 import numpy as np
 import torch
 
+from ..cache import LRU
 from ..data import store as zstore
 from ..data.dims import CLASS
 from ..data.project import Project
@@ -39,27 +38,6 @@ SCORE_BINS = 10  # reference 002 bins each flattened channel into 10 bins
 CAM_CACHE = 8  # (sample, label) passes: all CAM layers × both methods at input size (VGG16 at 224²: ~13 MB each)
 FORWARD_CACHE = 3  # samples whose logits and activations of every recorded layer are kept (VGG16 at 224²: ~115 MB each)
 SMALL_CACHE = 64  # LRP heatmaps and per-layer (activations, scores) pairs
-
-
-class LRU:
-    """A small least-recently-used cache: `get(key, compute)` returns the stored object itself on a hit."""
-
-    def __init__(self, size: int):
-        self.size = size
-        self.items: OrderedDict[Hashable, object] = OrderedDict()
-
-    def get(self, key: Hashable, compute: Callable[[], object]):
-        if key in self.items:
-            self.items.move_to_end(key)
-            return self.items[key]
-        return self.put(key, compute())
-
-    def put(self, key: Hashable, value):
-        self.items[key] = value
-        self.items.move_to_end(key)
-        while len(self.items) > self.size:
-            self.items.popitem(last=False)
-        return value
 
 
 def frozen(array: np.ndarray) -> np.ndarray:
@@ -96,9 +74,9 @@ class SampleExplainer:
         self._n_outputs = models.n_outputs(self.model, self.spec.input_shape)
         self._value_range = project.inputs.attrs.get("value_range")
         self._lock = threading.RLock()  # one model, one pass at a time (zennit temporarily rewrites it)
-        self._cams = LRU(CAM_CACHE)
-        self._forwards = LRU(FORWARD_CACHE)
-        self._small = LRU(SMALL_CACHE)
+        self._cams = LRU(max_items=CAM_CACHE)
+        self._forwards = LRU(max_items=FORWARD_CACHE)
+        self._small = LRU(max_items=SMALL_CACHE)
         log.info("explainer for %s: %d layers, %d usable for CAMs", project.path, len(self.layers), len(self.cam_layers))
 
     # ------------------------------------------------------------------------------------------------ checks
@@ -152,7 +130,7 @@ class SampleExplainer:
             log.debug("CAM pass for sample %s, label %s", sample, label)
             result = cams(self.model, self._input(sample), torch.tensor([label]), self.cam_layers, METHODS,
                           keep=[n for n in self._layer_names if n not in self.cam_layers])
-            if sample not in self._forwards.items:
+            if sample not in self._forwards:
                 self._forwards.put(sample, self._record(result.logits, result.activations))
             return {key: frozen(m[0].cpu().numpy()) for key, m in result.maps.items()}
         with self._lock:
