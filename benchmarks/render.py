@@ -7,7 +7,7 @@
 Points: a 2-D mixture of 8 Gaussian clusters, coloured by cluster (categorical). For each N and view (the full
 extent, and a zoom onto 10% of its area at the centre):
 
-- relaylab: the frame the explorer renders on a pan or zoom: `relaylab.explore.embedding.Points` (points stored in
+- relaylab: the frame the explorer renders on a pan or zoom: `relaylab.explore.points.Points` (points stored in
   Z-order once, timed separately as `prepare`), then HoloViews' `datashade` (count_cat, the app's colour key and
   minimum alpha) and `dynspread` at the app's plot size, i.e. the operations the app's DynamicMap runs per frame;
   bytes = the RGBA image buffer of the Bokeh model built from the frame (what the server sends).
@@ -65,17 +65,16 @@ def measure_selection_to_grid(args, n: int) -> list[dict]:
     import os
     from pathlib import Path
 
-    from relaylab.data.project import open_project
     from relaylab.data.synthetic import Variant, write_virelay_project
-    from relaylab.explore import images
     from relaylab.explore.app import ProjectView
+    from relaylab.explore.data import ProjectData
 
     folder = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "relaylab" / "benchmarks" / f"render-select-{n}"
     yaml_path = folder / "project.yaml"
     if not yaml_path.exists():
         write_virelay_project(folder, Variant(n_samples=n, n_classes=1, height=8, width=8, attribution_files=1), name=f"select-{n}")
-    project = open_project(yaml_path)
-    view = ProjectView(project)
+    data = ProjectData.of(yaml_path)
+    view = ProjectView(data)
     x0, x1, y0, y1 = view.embedding.points.bounds
     timings, cards = [], 0
     for i in range(args.warmup + args.repeats):
@@ -88,12 +87,12 @@ def measure_selection_to_grid(args, n: int) -> list[dict]:
         cards = html.count('data-sample="')
     selected = len(view.state.selection)
     first_page = view.state.selection[:20]
-    images.CACHE = images.PngCache()  # cold: nothing of this project rendered yet
+    data.pngs.clear()  # cold: nothing of this project rendered yet
     start = time.perf_counter()
     for sample in first_page:
-        images.cached_png(yaml_path, sample, view.state.mode, view.state.colormap, next(iter(project.attributions)))
+        data.png(sample, view.state.mode, view.state.colormap, next(iter(data.project.attributions)))
     render_s = time.perf_counter() - start
-    project.close()
+    data.close()
     case = f"select n={n:,}"
     return [row("render", case, "box over the category -> grid's first page", [t * 1e3 for t in timings], "ms", selected=selected,
                 cards=cards, goal="<= 300 ms at 1e6" if n >= 1_000_000 else "",
@@ -110,6 +109,7 @@ def run(args) -> int:
     from holoviews.operation.datashader import datashade, dynspread
 
     from relaylab.explore import embedding as emb
+    from relaylab.explore.points import Points
 
     hv.extension("bokeh")
     sizes = SMOKE_N if args.smoke else DEFAULT_N
@@ -124,7 +124,7 @@ def run(args) -> int:
     for n in sizes:
         x, y, labels = points(n, args.clusters)
         start = time.perf_counter()
-        prepared = emb.Points(x, y, np.arange(n))
+        prepared = Points(x, y, np.arange(n))
         prepare_s = time.perf_counter() - start
         frame = prepared.frame(labels[prepared.member], names)
         element = hv.Points(frame, kdims=["x", "y"], vdims=["c"])

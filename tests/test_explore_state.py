@@ -11,7 +11,9 @@ from relaylab.data.project import open_project
 from relaylab.data.schema import schema_problems
 from relaylab.errors import RelaylabError
 from relaylab.explore import state as vs
-from relaylab.explore.embedding import EmbeddingView, Points, combine, point_in_polygon
+from relaylab.explore.data import ProjectData
+from relaylab.explore.embedding import EmbeddingView, combine
+from relaylab.explore.points import Points, point_in_polygon
 
 
 @pytest.fixture
@@ -222,7 +224,7 @@ def test_a_scattered_selection_stays_out_of_links_but_not_out_of_the_state():
 def test_view_resolves_gestures_to_sample_indices(project):
     state = vs.ViewState()
     state.apply(vs.fitted_values(project, state.values()))
-    view = EmbeddingView(project, state)
+    view = EmbeddingView(ProjectData(project), state)
     node = project.analyses["spectral_analysis"][state.category]
     xy = np.asarray(node["embedding"][state.embedding]["embedding"].values)
     members = vs.member_indices(node)
@@ -243,7 +245,7 @@ def test_widget_change_keeps_the_view_consistent(project):
     """The last category has no tsne: picking it falls back to spectral, whose 8 dimensions get X/Y choosers."""
     state = vs.ViewState()
     state.apply(vs.fitted_values(project, state.values()))
-    view = EmbeddingView(project, state)
+    view = EmbeddingView(ProjectData(project), state)
     assert state.embedding == "tsne" and not view.x_select.visible
     state.apply({"selection": [0, 3]})
     view.category_select.value = "n00000002"
@@ -256,7 +258,7 @@ def test_widget_change_keeps_the_view_consistent(project):
 def test_colour_by_correct_counts_predictions(project):
     state = vs.ViewState()
     state.apply(vs.fitted_values(project, {**state.values(), "color_by": "correct"}))
-    view = EmbeddingView(project, state)
+    view = EmbeddingView(ProjectData(project), state)
     node = project.analyses["spectral_analysis"][state.category]
     members = vs.member_indices(node)
     attributions = next(iter(project.attributions.values()))
@@ -266,6 +268,55 @@ def test_colour_by_correct_counts_predictions(project):
     legend = view.legend.object
     assert f"correct <span style=\"color:#777\">({right})" in legend
     assert right == len(members) or f"incorrect <span style=\"color:#777\">({len(members) - right})" in legend
+
+
+def plotted_eigenvalues(view: EmbeddingView) -> tuple[str, np.ndarray, np.ndarray]:
+    """The eigenvalue plot's title and its (index, eigenvalue) points, as the view hands them to Bokeh."""
+    plot = view.eigen_pane.object
+    curve, scatter = plot.get(0), plot.get(1)
+    np.testing.assert_array_equal(curve.dimension_values("eigenvalue"), scatter.dimension_values("eigenvalue"))
+    return plot.opts.get().kwargs["title"], curve.dimension_values("k"), curve.dimension_values("eigenvalue")
+
+
+def test_the_eigenvalue_plot_shows_the_categorys_stored_eigenvalues(make_project):
+    """One point per spectral component, in the stored order (component k at k), for the category shown, also while
+    another embedding (t-SNE) is plotted; each category its own."""
+    import h5py
+
+    path = make_project("eigen", n_samples=60)
+    own = np.array([0.0, 0.02, 0.05, 0.3, 0.31, 0.6, 0.9, 1.2])
+    with h5py.File(path.parent / "analysis-0.h5", "r+") as h5:
+        h5["n00000001/embedding/spectral"].attrs["eigenvalue"] = own
+        stored = np.asarray(h5["n00000000/embedding/spectral"].attrs["eigenvalue"], dtype=float)
+    with open_project(path) as project:
+        state = vs.ViewState()
+        state.apply(vs.fitted_values(project, state.values()))
+        view = EmbeddingView(ProjectData(project), state)
+        assert state.embedding == "tsne" and view.eigen_pane.visible
+        title, k, values = plotted_eigenvalues(view)
+        assert title == "Eigenvalues (spectral)"
+        np.testing.assert_array_equal(k, np.arange(8))
+        np.testing.assert_allclose(values, stored)
+        view.category_select.value = "n00000001"
+        _, k, values = plotted_eigenvalues(view)
+        np.testing.assert_array_equal(values, own)
+        np.testing.assert_array_equal(values, project.analyses["spectral_analysis"]["n00000001/embedding/spectral"]["eigenvalue"].values)
+        assert values.size == vs.components(project.analyses["spectral_analysis"]["n00000001"], "spectral")
+
+
+def test_the_eigenvalue_plot_of_a_spray_analysis_is_smallest_first(demo_store):
+    """On the demo's SpRAy (relaylab's eigensolver): every eigenvalue the analysis stored, ascending from 0."""
+    with open_project(demo_store) as project:
+        state = vs.ViewState()
+        state.apply(vs.fitted_values(project, {**state.values(), "embedding": "spectral"}))
+        view = EmbeddingView(ProjectData(project), state)
+        node = project.analyses[state.analysis][state.category]
+        stored = node["embedding"]["spectral"]["eigenvalue"].values
+        _, k, values = plotted_eigenvalues(view)
+    np.testing.assert_array_equal(values, stored)
+    np.testing.assert_array_equal(k, np.arange(stored.size))
+    assert stored.size == node["embedding"]["spectral"]["embedding"].shape[1] > 2
+    assert np.all(np.diff(values) >= 0) and abs(values[0]) < 1e-6
 
 
 # ------------------------------------------------------------------------------------------------ the app, headless
@@ -326,7 +377,7 @@ def test_colour_by_a_boolean_mark_such_as_the_planted_artifact(project):
     assert "artifact" in vs.color_options(project)
     state = vs.ViewState()
     state.apply(vs.fitted_values(project, {**state.values(), "color_by": "artifact"}))
-    view = EmbeddingView(project, state)
+    view = EmbeddingView(ProjectData(project), state)
     members = vs.member_indices(project.analyses["spectral_analysis"][state.category])
     n = int(marked[members].sum())
     assert 0 < n < len(members)
@@ -341,7 +392,7 @@ def test_the_server_draws_the_points(project, color_by):
     colouring by correct/incorrect leaves a single category (which HoloViews alone would draw as an empty image)."""
     state = vs.ViewState()
     state.apply(vs.fitted_values(project, {**state.values(), "color_by": color_by}))
-    view = EmbeddingView(project, state)
+    view = EmbeddingView(ProjectData(project), state)
     image = view.plot_pane.object[()].get(0)  # the points layer, as rendered for the full extent
     alpha = np.asarray(image.data)[..., 3] if np.asarray(image.data).ndim == 3 else image.dimension_values(3, flat=False)
     assert (np.asarray(alpha) > 0).sum() >= 10

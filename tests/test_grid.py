@@ -15,12 +15,20 @@ import yaml
 from PIL import Image
 
 from relaylab.data.project import open_project
-from relaylab.explore import images
+from relaylab.errors import RelaylabError
+from relaylab.explore.data import ProjectData
 from relaylab.explore.grid import SampleGrid
+from relaylab.explore.render import render_rgba
+from relaylab.explore.state import ViewState
 
 from .conftest import run_cli
 
 ANALYSIS, CATEGORY, CLUSTERING = "spectral_analysis", "n00000001", "hdbscan"
+
+
+def grid_of(path, **values) -> SampleGrid:
+    """A grid of the project at `path` over a fresh ViewState holding `values` (its fields, e.g. selection, mode)."""
+    return SampleGrid(ProjectData.of(path), ViewState().apply(values))
 
 
 def cards(grid: SampleGrid) -> list[dict]:
@@ -69,17 +77,19 @@ def expected_from_files(yaml_path, samples):
 
 
 def test_paging_shows_every_selected_sample(project):
-    grid = SampleGrid(project_path=str(project), samples=list(range(45)), page=1, mode="input")
+    grid = grid_of(project, selection=list(range(45)), page=1, mode="input")
     assert [int(c["sample"]) for c in cards(grid)] == list(range(20, 40))
     assert "page 2 of 3" in grid._status.object and "45 selected" in grid._status.object
-    grid._next.clicks += 1
-    assert grid.page == 2 and [int(c["sample"]) for c in cards(grid)] == list(range(40, 45))
+    grid._next.clicks += 1                                  # the pager turns the state's page
+    assert grid.state.page == 2 and [int(c["sample"]) for c in cards(grid)] == list(range(40, 45))
     assert grid._next.disabled and not grid._previous.disabled
-    grid.page = 9                                           # beyond the end: shown as the last page
+    grid.state.page = 9                                     # beyond the end: shown as the last page
     assert "page 3 of 3" in grid._status.object and len(cards(grid)) == 5
-    grid.param.update(page_size=50, page=0)
+    grid._previous.clicks += 1
+    assert grid.state.page == 1
+    grid.state.apply({"page_size": 50, "page": 0})
     assert len(cards(grid)) == 45 and "page 1 of 1" in grid._status.object
-    grid.samples = []
+    grid.state.selection = []
     assert cards(grid) == [] and "0 selected" in grid._status.object and "no samples selected" in grid._cards.object
 
 
@@ -87,7 +97,7 @@ def test_paging_shows_every_selected_sample(project):
 def test_cards_show_cluster_and_labels_of_the_project(project, store):
     samples = [58, 1, 4, 7, 2, 10, 13, 40, 31]             # members of category 1 (s % 3 == 1) and others
     path = project.parent.parent / "p.zarr" if store else project
-    grid = SampleGrid(project_path=str(path), samples=samples, mode="attribution", analysis=ANALYSIS, category=CATEGORY, clustering=CLUSTERING)
+    grid = grid_of(path, selection=samples, mode="attribution", analysis=ANALYSIS, category=CATEGORY, clustering=CLUSTERING)
     expected = expected_from_files(project, samples)
     shown = cards(grid)
     assert [int(c["sample"]) for c in shown] == samples
@@ -101,16 +111,17 @@ def test_cards_show_cluster_and_labels_of_the_project(project, store):
 
 
 def test_card_images_follow_mode_colour_map_and_sampling(project):
-    grid = SampleGrid(project_path=str(project), samples=[5, 6], mode="overlay", colormap="seismic")
+    grid = grid_of(project, selection=[5, 6], mode="overlay", colormap="seismic")
     first = cards(grid)[0]
     assert first["src"].startswith("data:image/png;base64,")  # no server in this process: data URIs of the same PNGs
     png = base64.b64decode(first["src"].split(",", 1)[1])
     with open_project(project) as p:
-        np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(png))), images.render_rgba(p, 5, "overlay", "seismic"))
+        np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(png))), render_rgba(p, 5, "overlay", "seismic"))
     assert first["rendering"] == "pixelated"                 # 16×16 shown at 150 px: ViRelAy's automatic rule
-    grid.sampling = "smooth"
+    grid.state.sampling = "smooth"
     assert cards(grid)[0]["rendering"] == "auto"
-    grid.param.update(sampling="automatic", display_px=16)
+    grid.state.sampling = "automatic"
+    grid.display_px = 16
     assert cards(grid)[0]["rendering"] == "pixelated"
     grid.display_px = 15                                     # shown smaller than stored: smooth
     assert cards(grid)[0]["rendering"] == "auto"
@@ -125,28 +136,29 @@ def test_samples_without_attribution_get_a_placeholder_not_a_broken_image(projec
         attributed = set(h5["index"][:].tolist())
     missing = next(s for s in range(60) if s not in attributed)
     present = next(iter(sorted(attributed)))
-    grid = SampleGrid(project_path=str(partial), samples=[missing, present], mode="attribution")
+    grid = grid_of(partial, selection=[missing, present], mode="attribution")
     by_sample = {int(c["sample"]): c for c in cards(grid)}
     assert by_sample[missing]["src"] is None and "no attribution in" in by_sample[missing]["html"]
     assert by_sample[missing]["prediction"] == "—"
     assert by_sample[present]["src"] is not None
-    grid.mode = "input"                                      # input mode needs no attribution
+    grid.state.mode = "input"                                # input mode needs no attribution
     assert all(c["src"] is not None for c in cards(grid))
 
 
 def test_bad_state_is_a_message_in_the_page(project):
-    grid = SampleGrid(project_path=str(project), samples=[3, 60, -1, 4], mode="attribution", colormap="viridis")
-    assert cards(grid) == [] and len(errors(grid)) == 1 and "colormap: expected one of" in errors(grid)[0]
-    grid.colormap = "jet"
+    grid = grid_of(project, selection=[3, 60, -1, 4], mode="attribution", colormap="jet")
     assert [int(c["sample"]) for c in cards(grid)] == [3, 4]
     assert "expected sample indices in 0..59 (found 60, -1 on this page)" in errors(grid)[0]
-    grid.param.update(samples=[3], analysis=ANALYSIS, category=CATEGORY, clustering="kmeans-99")
+    with pytest.raises(ValueError, match="viridis"):         # the state takes no colour map it cannot draw
+        grid.state.colormap = "viridis"
+    grid.state.apply({"selection": [3], "analysis": ANALYSIS, "category": CATEGORY, "clustering": "kmeans-99"})
     assert "a clustering of the category" in errors(grid)[0] and len(cards(grid)) == 1
-    grid.param.update(clustering=CLUSTERING, attribution="nope")
+    grid.state.clustering = CLUSTERING
+    grid.attribution = "nope"
     assert cards(grid) == [] and "an attribution set" in errors(grid)[0]
-    missing = SampleGrid(project_path=str(project.parent / "nothing.yaml"), samples=[1])
-    assert cards(missing) == [] and "no such file" in errors(missing)[0]
-    assert "Traceback" not in grid._cards.object + missing._cards.object
+    assert "Traceback" not in grid._cards.object
+    with pytest.raises(RelaylabError, match="no such file"):
+        ProjectData.of(project.parent / "nothing.yaml")
 
 
 def test_grid_in_a_browser_loads_images_from_the_route_and_pages(project):
@@ -162,8 +174,8 @@ def test_grid_in_a_browser_loads_images_from_the_route_and_pages(project):
     from .test_images import free_port, wait_for
 
     port = free_port()
-    app = lambda: SampleGrid(project_path=str(project), samples=list(range(0, 60, 2)), mode="overlay", colormap="jet",
-                             analysis=ANALYSIS, category=CATEGORY, clustering=CLUSTERING)
+    app = lambda: grid_of(project, selection=list(range(0, 60, 2)), mode="overlay", colormap="jet", analysis=ANALYSIS,
+                          category=CATEGORY, clustering=CLUSTERING)
     server = pn.serve({"grid": app}, port=port, address="127.0.0.1", threaded=True, show=False, start=True)
     try:
         wait_for(port, "/grid")

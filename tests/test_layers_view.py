@@ -16,8 +16,10 @@ from relaylab.data.labels import label_map_from_entries
 from relaylab.data.project import open_project
 from relaylab.explain.live import SampleExplainer
 from relaylab.explain.models import ModelSpec, record_model
-from relaylab.explore.images import heatmap_rgba
+from relaylab.explore.data import ProjectData
 from relaylab.explore.layers import LayerInspector, png_array
+from relaylab.explore.render import heatmap_rgba
+from relaylab.explore.state import ViewState
 
 N, CLASSES = 12, 3
 
@@ -59,7 +61,7 @@ def store(tmp_path_factory):
     rng = np.random.default_rng(0)
     write_model_store(path, rng)
     members = rng.permutation(N)
-    # the layout analyze_activations writes (contract 4), with made-up coordinates: the view only reads them
+    # the layout analyze_activations writes, with made-up coordinates: the view only reads them
     tree = layer_tree(members, {"pca": rng.normal(size=(N, 2)).astype(np.float32)}, {})
     zstore.write_analysis(path, "activation-2", tree, progress=False)
     zstore.update_store_metadata(path, status="complete")
@@ -73,42 +75,61 @@ def reference(store):
         yield SampleExplainer(project)
 
 
+def inspector_of(path) -> LayerInspector:
+    """The inspector of the project at `path` (its data shared with the process, as in the app) on a fresh ViewState."""
+    return LayerInspector(ProjectData.of(path), ViewState())
+
+
 @pytest.fixture
 def inspector(store):
-    view = LayerInspector(project_path=str(store))
-    yield view
-    view.project.close()
+    return inspector_of(store)
 
 
 def test_clicking_the_diagram_picks_the_layer(inspector, reference):
     names = [layer["name"] for layer in reference.layers]
     assert [x["name"] for x in inspector.layers] == names
     inspector.diagram_tap.event(x=4.5, y=0.0)  # the fifth box
-    assert inspector.layer == names[4]
+    assert inspector.state.layer == names[4]
     boxes = inspector.diagram_boxes[()]
     widths = dict(zip(boxes.dimension_values("name"), boxes.dimension_values("width")))
     assert widths[names[4]] > max(w for n, w in widths.items() if n != names[4])  # the picked box is outlined
     inspector.diagram_tap.event(x=-0.6, y=0.0)  # left of the first box: nothing picked
-    assert inspector.layer == names[4]
+    assert inspector.state.layer == names[4]
+
+
+def test_sessions_share_the_model_but_not_the_layer_or_sample(store):
+    """Two sessions' inspectors of one project: one explainer (the model is loaded once per process); each shows and
+    picks the layer and sample of its own ViewState, and a state without a layer shows the default one without
+    writing it into the state (so the share link stays as it was)."""
+    data = ProjectData.of(store)
+    one, two = LayerInspector(data, ViewState()), LayerInspector(data, ViewState())
+    assert one.explainer is two.explainer is data.explainer
+    assert one.state.layer is None and one.layer == two.layer == "2"  # the only layer with an activation embedding
+    assert not one.embedding_note.visible and one.embedding_pane.object is not None  # layer 2's embedding is drawn
+    one.diagram_tap.event(x=0.5, y=0.0)
+    assert one.state.layer == one.layers[0]["name"] and two.state.layer is None and two.layer == "2"
+    one.state.sample = 3
+    assert "Sample 3" in one.sample_info.object and "Sample 3" not in two.sample_info.object
+    assert one.state.to_query().count("sample=3") == 1 and "sample=" not in two.state.to_query()
 
 
 def test_clicking_the_embedding_picks_the_sample(inspector, store):
-    inspector.layer = "2"
+    inspector.state.layer = "2"
     assert not inspector.embedding_note.visible and inspector.embedding == "pca"
     analysis = zstore.open_analysis(store, "activation-2")["all"]
     coords, index = analysis["embedding"]["pca"]["embedding"].values, analysis["index"].values
     j = int(np.argmax(coords[:, 0]))
     inspector.embedding_tap.event(x=coords[j, 0] + 1e-3, y=coords[j, 1])
-    assert inspector.sample == int(index[j])
+    assert inspector.state.sample == int(index[j])
     assert f"Sample {index[j]}" in inspector.sample_info.object
     assert np.allclose(inspector.marker_pipe.data, coords[j:j + 1])  # the picked point is ringed
-    inspector.layer = "0"  # no activation analysis for this one: a note, no plot
+    inspector.state.layer = "0"  # no activation analysis for this one: a note, no plot
     assert inspector.embedding_note.visible and "activation-0" in inspector.embedding_note.object
     assert inspector.embedding_pane.object is None
 
 
 def test_predictions_and_true_label(inspector, reference):
-    inspector.sample = 5
+    inspector.state.sample = 5
     top = reference.predictions(5, top=10)
     bars = inspector.bars_pane.object
     assert list(bars.dimension_values("probability"))[::-1] == pytest.approx([p["score"] for p in top])
@@ -120,7 +141,7 @@ def test_predictions_and_true_label(inspector, reference):
 
 
 def test_channel_grid_order(inspector, reference):
-    inspector.param.update(layer="3", sample=7)
+    inspector.state.apply({"layer": "3", "sample": 7})
     acts, scores = reference.layer_activations(7, "3")
     shown = [item["channel"] for item in inspector.channel_grid.items]
     assert shown == np.argsort(-scores, kind="stable").tolist()
@@ -142,7 +163,7 @@ def test_depth_slider_and_heatmaps(inspector, reference):
     shapes = {x["name"]: x["output_shape"] for x in reference.layers}
     assert shapes[cam_layers[-1]][1:] == [1, 1]  # the 1×1 pool: a CAM there is flat, so the default is one before
     assert inspector.depth == slider.value == len(cam_layers) - 2
-    inspector.sample = 4
+    inspector.state.sample = 4
     label = reference.predictions(4, top=1)[0]["class"]
     shown = []
     for d in range(len(cam_layers)):
@@ -163,14 +184,14 @@ def test_depth_slider_and_heatmaps(inspector, reference):
 
 
 def test_bad_requests_show_an_alert(inspector):
-    inspector.sample = 999
+    inspector.state.sample = 999
     assert inspector.alert.visible and "Unknown sample 999" in inspector.alert.object
     assert inspector.cam_pane.object is None and inspector.channel_grid.items == []
-    inspector.sample = 1
+    inspector.state.sample = 1
     assert not inspector.alert.visible and inspector.cam_pane.object is not None
-    inspector.layer = "no.such.layer"
+    inspector.state.layer = "no.such.layer"
     assert inspector.alert.visible and "Unknown layer 'no.such.layer'" in inspector.alert.object
-    inspector.layer = "0"
+    inspector.state.layer = "0"
     inspector.label = 17
     assert inspector.alert.visible and "Unknown label 17" in inspector.alert.object
 
@@ -179,14 +200,12 @@ def test_store_without_a_model(tmp_path):
     path = tmp_path / "bare.zarr"
     write_inputs(path, np.random.default_rng(1))
     zstore.update_store_metadata(path, status="complete")
-    view = LayerInspector(project_path=str(path))
-    shown = view.panel().objects
+    shown = inspector_of(path).panel().objects
     assert len(shown) == 1 and "not available" in shown[0].object and "model" in shown[0].object
-    view.project.close()
 
 
 def test_flat_layer_shows_its_units(inspector, reference):
-    inspector.param.update(layer="9", sample=2)  # the linear head: (3, 1, 1), no feature maps to tile
+    inspector.state.apply({"layer": "9", "sample": 2})  # the linear head: (3, 1, 1), no feature maps to tile
     acts, _ = reference.layer_activations(2, "9")
     assert inspector.channel_grid.items == []
     units = np.flipud(inspector.zoom_pane.object.dimension_values("activation", flat=False)).reshape(-1)
@@ -200,7 +219,6 @@ def test_a_failing_explanation_shows_an_alert(tmp_path):
     model = zstore.store_metadata(path)["model"]
     model["layers"].append({"name": "ghost", "type": "Conv2d", "output_shape": [4, 16, 16]})
     zstore.update_store_metadata(path, model=model, status="complete")
-    view = LayerInspector(project_path=str(path))
-    view.sample = 0
+    view = inspector_of(path)
+    view.state.sample = 0
     assert view.alert.visible and "ghost" in view.alert.object
-    view.project.close()

@@ -2,15 +2,14 @@
 inspector, all driven by one `ViewState` per project tab.
 
 `build_app` is called once per browser session (by `panel serve apps/explorer.py` and by `relaylab serve`), so
-sessions never share state; they share only read-only data (open projects, point arrays, rendered PNGs). The URL
-query carries the active tab's view: it is applied when the page is opened and rewritten as the view changes, so the
-address bar is always a share link. Bad requests (an unknown sample in a link, a missing analysis, an unknown colour
+sessions never share state; they share only each project's read-only `ProjectData` (the open project, point arrays,
+rendered PNGs, the model). The URL query carries the active tab's view: it is applied when the page is opened and
+rewritten as the view changes, so the address bar is always a share link. Bad requests (an unknown sample in a link, a missing analysis, an unknown colour
 map, a broken state file) become a message at the top of the page, never a traceback.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import html
 import io
 import json
@@ -20,11 +19,13 @@ from pathlib import Path
 
 import panel as pn
 
+from ..data.project import Project
 from ..errors import RelaylabError
-from . import images
 from . import state as vs
+from .data import ProjectData
 from .embedding import EmbeddingView
 from .grid import SampleGrid
+from .serve import colormap_url
 
 log = logging.getLogger(__name__)
 
@@ -33,66 +34,35 @@ STYLE = """
 """
 
 
-GRID_FIELDS = {"selection": "samples", "page": "page", "page_size": "page_size", "mode": "mode", "colormap": "colormap",
-               "sampling": "sampling", "analysis": "analysis", "category": "category", "clustering": "clustering"}
-
-
-def readable(project) -> tuple:
-    """The project without the analyses that cannot be opened (e.g. left half-written by a killed job), and why."""
-    problems, analyses = [], {}
-    for name in project.analyses:
-        try:
-            analyses[name] = project.analyses[name]
-        except RelaylabError as error:
-            problems.append(f"{project.name}: analysis '{name}' is left out: {error}")
-    return (project if len(analyses) == len(project.analyses) else dataclasses.replace(project, analyses=analyses)), problems
-
-
-def has_model(project) -> bool:
-    return bool((project.metadata.get("store", {}).get("model") or {}).get("layers"))
-
-
 class ProjectView(pn.viewable.Viewer):
-    """One project's tab: toolbox, embedding view, sample grid, layer inspector; its own ViewState."""
+    """One project's tab: toolbox, embedding view, sample grid and (with a model) layer inspector, all made from the
+    project's data and this tab's one ViewState."""
 
-    def __init__(self, project, **params):
+    def __init__(self, data: ProjectData, **params):
         super().__init__(**params)
-        self.project = project
-        self.state = vs.ViewState(project=project.name, name=f"view-{project.name}")
-        self.state.apply(vs.fitted_values(project, self.state.values()))
-        attribution = next(iter(project.attributions), None)
-        self.embedding = EmbeddingView(project, self.state, thumbnail=self.thumbnail)
-        self.grid = SampleGrid(project_path=str(project.path), attribution=attribution, **self._grid_values())
-        self.grid.param.watch(lambda event: self.state.apply({"page": event.new}), "page")
-        self.state.param.watch(self._update_grid, list(GRID_FIELDS))
+        self.data = data
+        self.state = vs.ViewState(project=data.project.name, name=f"view-{data.project.name}")
+        self.state.apply(vs.fitted_values(data.project, self.state.values()))
+        self.embedding = EmbeddingView(data, self.state)
+        self.grid = SampleGrid(data, self.state)
         self.mode = pn.widgets.RadioButtonGroup.from_param(self.state.param.mode, label="Display", color="default", css_classes=["rl-mode"])
         self.sampling = pn.widgets.RadioButtonGroup.from_param(self.state.param.sampling, label="Sampling", color="default",
                                                                css_classes=["rl-sampling"])
-        self.colormap = pn.widgets.Select(label="Colour map", options=list(images.COLORMAPS), value=self.state.colormap, width=160,
-                                          css_classes=["rl-colormap"])
-        self.colormap.link(self.state, value="colormap", bidirectional=True)
-        self.preview = pn.pane.HTML(width=260, css_classes=["rl-colormap-preview"])
-        self.state.param.watch(lambda event: self._show_preview(), "colormap")
-        self._show_preview()
+        self.colormap = pn.widgets.Select.from_param(self.state.param.colormap, name="Colour map", width=160, css_classes=["rl-colormap"])
+        self.preview = pn.pane.HTML(pn.bind(self._preview, self.state.param.colormap), width=260, css_classes=["rl-colormap-preview"])
         self.inspector = None
-        if has_model(project):
+        if data.has_model:
             from .layers import LayerInspector
 
-            self.inspector = LayerInspector(project_path=str(project.path), layer=self.state.layer, sample=self.state.sample)
-            self.inspector.param.watch(lambda *events: self.state.apply({e.name: e.new for e in events}), ["layer", "sample"])
-            self.state.param.watch(lambda *events: self.inspector.param.update(**{e.name: e.new for e in events}), ["layer", "sample"])
+            self.inspector = LayerInspector(data, self.state)
 
-    def thumbnail(self, sample: int) -> str:
-        return images.image_url(self.project.path, sample, "input")
+    @property
+    def project(self) -> Project:
+        return self.data.project
 
-    def _grid_values(self, fields=None) -> dict:
-        return {GRID_FIELDS[f]: list(self.state.selection) if f == "selection" else getattr(self.state, f) for f in fields or GRID_FIELDS}
-
-    def _update_grid(self, *events) -> None:
-        self.grid.param.update(**self._grid_values({event.name for event in events}))
-
-    def _show_preview(self) -> None:
-        self.preview.object = f'<img src="{images.colormap_url(self.state.colormap)}" width="256" height="16" alt="{self.state.colormap}">'
+    @staticmethod
+    def _preview(colormap: str) -> str:
+        return f'<img src="{colormap_url(colormap)}" width="256" height="16" alt="{colormap}">'
 
     def footer(self) -> str:
         name, dataset, model = (html.escape(text or "?") for text in (self.project.name, self.project.dataset_name, self.project.model))
@@ -117,12 +87,11 @@ class ExplorerApp(pn.viewable.Viewer):
         problems = []
         for path in paths:
             try:
-                project, broken = readable(images.shared_project(path))
-                problems += broken
-                images.register_project(project.path)
-                if any(v.project.name == project.name for v in self.views):
-                    raise RelaylabError.at(path, "project.name", "a project name not used by another served project", repr(project.name))
-                self.views.append(ProjectView(project))
+                data = ProjectData.of(path)
+                problems += data.problems
+                if any(v.project.name == data.project.name for v in self.views):
+                    raise RelaylabError.at(path, "project.name", "a project name not used by another served project", repr(data.project.name))
+                self.views.append(ProjectView(data))
             except RelaylabError as error:
                 problems.append(str(error))
         self.tabs = pn.Tabs(*((v.project.name, v) for v in self.views), dynamic=True, css_classes=["rl-projects"])

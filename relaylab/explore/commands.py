@@ -13,7 +13,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import panel as pn
 
     from ..data.project import open_projects
-    from . import images
+    from .serve import routes
     from .app import build_app
     from .embedding import warm_up
 
@@ -25,7 +25,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"relaylab explorer: {len(paths)} project{'s' if len(paths) != 1 else ''} at http://{args.address or 'localhost'}:{args.port}/",
           flush=True)
     pn.serve({"/": lambda: build_app(paths)}, port=args.port, address=args.address, show=args.show, title="relaylab explorer",
-             websocket_origin=origins, extra_patterns=images.routes(), threaded=False, print=False)
+             websocket_origin=origins, extra_patterns=routes(), threaded=False, print=False)
     return 0
 
 

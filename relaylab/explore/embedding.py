@@ -1,11 +1,11 @@
 """The analysis view: an embedding drawn by Datashader on the server, with ViRelAy's choices and server-side selection.
 
 No per-point data goes to the browser: HoloViews' `datashade` renders each frame to one RGBA image on the server, so
-a category of 10 million points costs the same bytes per frame as one of 100. Points are stored in Z-order (sorted
-along a space-filling curve once per embedding): Datashader's categorical aggregation then touches memory in order
-(≈ 10× faster at 1e7 points) and the points of one grid cell are contiguous, which makes the hover/click lookup a
-binary search. Box, lasso and click selections arrive as geometry (hv.streams) and are resolved with vectorised
-NumPy on the server to dataset sample indices, which go into the one `ViewState`.
+a category of 10 million points costs the same bytes per frame as one of 100. Points are kept in Z-order (`points.py`,
+once per embedding and process in `ProjectData`): Datashader's categorical aggregation then touches memory in order
+(about 10× faster at 1e7 points) and the hover/click lookup is a binary search. Box, lasso and click selections arrive
+as geometry (hv.streams) and are resolved with vectorised NumPy on the server to dataset sample indices, which go into
+the session's `ViewState`.
 """
 
 from __future__ import annotations
@@ -15,8 +15,6 @@ import html
 import logging
 import time
 import warnings
-from collections import OrderedDict
-from collections.abc import Callable
 
 import colorcet
 import datashader as ds
@@ -27,215 +25,24 @@ import pandas as pd
 import panel as pn
 import param
 from holoviews.operation.datashader import datashade, dynspread
-from PIL import Image, ImageDraw
 
-from ..data.project import Project
 from ..errors import RelaylabError
 from . import state as vs
+from .data import ProjectData
+from .points import Points
+from .serve import image_url
+from .view import ProjectViewer
 
 log = logging.getLogger(__name__)
 # shading the selection layer while nothing is selected takes nanmin of an empty aggregate: harmless, and not news
 warnings.filterwarnings("ignore", message="All-NaN slice encountered", category=RuntimeWarning, module="datashader")
 
-CELL_BITS = 8  # Z-order grid of 256×256 cells: 16-bit keys, sorted with NumPy's radix sort
 MAX_COLORS = 20  # more categories than this (e.g. 1000 classes) are folded into "other"
 NOISE_COLOR, OTHER_COLOR, SELECTED_COLOR = "#b0b0b0", "#808080", "#000000"
 PLOT_WIDTH, PLOT_HEIGHT = 600, 460
 HOVER_PX = 8  # the hover and click lookups take the nearest point within this many screen pixels
-LASSO_GRID = 1024  # a lasso polygon is rasterised at this resolution; points on its outline pixels are tested exactly
 MAX_CLUSTER_BUTTONS = 40
-CACHE_SIZE = 8
 SELECTION_MODES = ("replace", "add", "subtract")
-
-
-# ---------------------------------------------------------------------------------------------------- point data
-
-
-class Points:
-    """One embedding's points in Z-order: x, y, the dataset index and the member position (row in the category)."""
-
-    def __init__(self, x: np.ndarray, y: np.ndarray, sample: np.ndarray):
-        x, y = np.asarray(x, dtype=np.float32), np.asarray(y, dtype=np.float32)
-        finite = np.isfinite(x) & np.isfinite(y)
-        self.bounds = (float(x[finite].min()), float(x[finite].max()), float(y[finite].min()), float(y[finite].max())) \
-            if finite.any() else (0.0, 1.0, 0.0, 1.0)
-        keys = self.cell_keys(x, y)
-        order = np.argsort(keys, kind="stable")  # 16-bit keys: a radix sort, ~0.3 s at 1e7
-        self.keys = keys[order]
-        self.x, self.y = x[order], y[order]
-        self.sample = np.asarray(sample, dtype=np.int64)[order]
-        self.member = order.astype(np.int64)
-
-    def __len__(self) -> int:
-        return self.x.size
-
-    def cells(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        x0, x1, y0, y1 = self.bounds
-        n = (1 << CELL_BITS) - 1
-        cx = np.clip((np.nan_to_num(x, nan=x0) - x0) / max(x1 - x0, 1e-30) * n, 0, n).astype(np.uint16)
-        cy = np.clip((np.nan_to_num(y, nan=y0) - y0) / max(y1 - y0, 1e-30) * n, 0, n).astype(np.uint16)
-        return cx, cy
-
-    def cell_keys(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        cx, cy = self.cells(x, y)
-        return interleave(cx) | (interleave(cy) << 1)
-
-    def frame(self, codes: np.ndarray, names: list[str]) -> pd.DataFrame:
-        return pd.DataFrame({"x": self.x, "y": self.y, "c": pd.Categorical.from_codes(codes, categories=names)})
-
-    def in_box(self, x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
-        """Positions of the points inside the box (edges included)."""
-        x0, x1 = sorted((x0, x1))
-        y0, y1 = sorted((y0, y1))
-        return np.flatnonzero((self.x >= x0) & (self.x <= x1) & (self.y >= y0) & (self.y <= y1))
-
-    def in_polygon(self, polygon: np.ndarray) -> np.ndarray:
-        """Positions of the points inside a lasso polygon (even-odd rule). The polygon is rasterised over its bounding
-        box; points in pixels well inside or outside are decided by the pixel, points on or next to the outline exactly."""
-        polygon = np.asarray(polygon, dtype=np.float64)
-        if polygon.ndim != 2 or len(polygon) < 3:
-            return np.empty(0, dtype=np.int64)
-        (px0, py0), (px1, py1) = polygon.min(axis=0), polygon.max(axis=0)
-        candidates = self.in_box(px0, py0, px1, py1)
-        if candidates.size == 0:
-            return candidates
-        sx, sy = (LASSO_GRID - 1) / max(px1 - px0, 1e-30), (LASSO_GRID - 1) / max(py1 - py0, 1e-30)
-        mask = Image.new("L", (LASSO_GRID, LASSO_GRID), 0)
-        ImageDraw.Draw(mask).polygon([((vx - px0) * sx, (vy - py0) * sy) for vx, vy in polygon], fill=1, outline=2)
-        pixels = np.asarray(mask).copy()
-        outline = np.pad(pixels == 2, 1)  # an edge can cut any pixel next to the drawn outline: those are tested exactly
-        near = np.zeros_like(pixels, dtype=bool)
-        for dy in range(3):
-            for dx in range(3):
-                near |= outline[dy:dy + LASSO_GRID, dx:dx + LASSO_GRID]
-        pixels[near] = 2
-        col = np.clip(np.rint((self.x[candidates] - px0) * sx), 0, LASSO_GRID - 1).astype(np.intp)
-        row = np.clip(np.rint((self.y[candidates] - py0) * sy), 0, LASSO_GRID - 1).astype(np.intp)
-        state = pixels[row, col]
-        edge = candidates[state == 2]
-        exact = edge[point_in_polygon(self.x[edge], self.y[edge], polygon)]
-        return np.sort(np.concatenate([candidates[state == 1], exact]))
-
-    def nearest(self, x: float, y: float, rx: float, ry: float) -> int | None:
-        """Position of the point nearest to (x, y) within the ellipse of radii rx, ry (data units), or None. Only the
-        Z-order cells overlapping the ellipse are read: each is a contiguous run of the sorted keys."""
-        if not len(self) or rx <= 0 or ry <= 0:
-            return None
-        (cx0, cx1), (cy0, cy1) = (self.cells(np.array([x - rx, x + rx]), np.array([y - ry, y + ry])))
-        if (int(cx1) - int(cx0) + 1) * (int(cy1) - int(cy0) + 1) > 4096:  # zoomed far out: one pass over the window
-            candidates = self.in_box(x - rx, y - ry, x + rx, y + ry)
-        else:
-            gx, gy = np.meshgrid(np.arange(cx0, cx1 + 1, dtype=np.uint16), np.arange(cy0, cy1 + 1, dtype=np.uint16))
-            keys = np.unique(interleave(gx.ravel()) | (interleave(gy.ravel()) << 1))
-            starts, ends = np.searchsorted(self.keys, keys, "left"), np.searchsorted(self.keys, keys, "right")
-            runs = [np.arange(s, e) for s, e in zip(starts, ends) if e > s]
-            candidates = np.concatenate(runs) if runs else np.empty(0, dtype=np.int64)
-        if candidates.size == 0:
-            return None
-        d = ((self.x[candidates] - x) / rx) ** 2 + ((self.y[candidates] - y) / ry) ** 2
-        best = int(np.argmin(d))
-        return int(candidates[best]) if d[best] <= 1 else None
-
-
-def interleave(v: np.ndarray) -> np.ndarray:
-    """Spread the low 8 bits of each value to the even bits of a 16-bit word (Morton / Z-order code)."""
-    v = v.astype(np.uint16) & 0xFF
-    v = (v | (v << 4)) & 0x0F0F
-    v = (v | (v << 2)) & 0x3333
-    return (v | (v << 1)) & 0x5555
-
-
-def point_in_polygon(x: np.ndarray, y: np.ndarray, polygon: np.ndarray) -> np.ndarray:
-    """Even-odd ray casting, vectorised over points (meant for the few points on a polygon's outline)."""
-    inside = np.zeros(x.size, dtype=bool)
-    for (ax, ay), (bx, by) in zip(polygon, np.roll(polygon, -1, axis=0)):
-        crosses = (ay > y) != (by > y)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            at = ax + (y - ay) * (bx - ax) / (by - ay)
-        inside ^= crosses & (x < at)
-    return inside
-
-
-class Cache:
-    """A small process-wide LRU for data every session reads the same way (never for per-session state)."""
-
-    def __init__(self, size: int = CACHE_SIZE):
-        self.size, self.items = size, OrderedDict()
-
-    def get(self, key, make: Callable):
-        if key in self.items:
-            self.items.move_to_end(key)
-            return self.items[key]
-        value = self.items[key] = make()
-        if len(self.items) > self.size:
-            self.items.popitem(last=False)
-        return value
-
-
-POINTS, SAMPLE_INFO = Cache(), Cache()
-
-
-def points_of(project: Project, analysis: str, category: str, embedding: str, x_dim: int, y_dim: int) -> Points:
-    def make() -> Points:
-        started = time.perf_counter()
-        node = project.analyses[analysis][category]
-        values = node["embedding"][embedding]["embedding"]
-        xy = np.asarray(values.isel(component=[x_dim, y_dim]).values)
-        points = Points(xy[:, 0], xy[:, 1], vs.member_indices(node))
-        log.info("%s/%s/%s: %d points in Z-order in %.2f s", analysis, category, embedding, len(points), time.perf_counter() - started)
-        return points
-
-    return POINTS.get((str(project.path), analysis, category, embedding, x_dim, y_dim), make)
-
-
-class SampleInfo:
-    """Per-sample facts for colouring and hover, indexed by dataset index: true label, prediction, boolean marks."""
-
-    def __init__(self, project: Project):
-        self.project = project
-        labels = np.asarray(project.inputs["label"].values)
-        self.multi_hot = labels if labels.ndim == 2 else None
-        self.label = labels.argmax(axis=1) if labels.ndim == 2 else labels.astype(np.int64)
-        self.names = [str(n) for n in project.label_map["name"].values]
-        self.classes = np.asarray(project.label_map["class"].values)
-        self._prediction: np.ndarray | None = None
-
-    def class_name(self, k: int) -> str:
-        hit = np.flatnonzero(self.classes == k)
-        return self.names[hit[0]] if hit.size else f"class {k}"
-
-    @property
-    def prediction(self) -> np.ndarray:
-        """Predicted class (argmax of the model outputs) per dataset index; -1 where the first attribution set has no row."""
-        if self._prediction is None:
-            prediction = np.full(self.label.size, -1, dtype=np.int64)
-            if self.project.attributions:
-                ds_ = next(iter(self.project.attributions.values()))
-                prediction[np.asarray(ds_["sample"].values)] = np.asarray(ds_["prediction"].argmax("class").values)
-            self._prediction = prediction
-        return self._prediction
-
-    def correct(self, samples: np.ndarray) -> np.ndarray:
-        predicted = self.prediction[samples]
-        if self.multi_hot is not None:
-            return self.multi_hot[samples, np.maximum(predicted, 0)] & (predicted >= 0)
-        return predicted == self.label[samples]
-
-    def predicted_of(self, sample: int) -> int | None:
-        """One sample's prediction without computing all of them (what hover needs)."""
-        if self._prediction is not None:
-            value = int(self._prediction[sample])
-            return value if value >= 0 else None
-        for ds_ in self.project.attributions.values():
-            try:
-                return int(ds_["prediction"].sel(sample=sample).argmax("class").values)
-            except KeyError:
-                return None
-        return None
-
-
-def sample_info(project: Project) -> SampleInfo:
-    return SAMPLE_INFO.get(str(project.path), lambda: SampleInfo(project))
 
 
 # ---------------------------------------------------------------------------------------------------- colours
@@ -277,15 +84,15 @@ def folded(values: np.ndarray, names: dict[int, str]) -> tuple[np.ndarray, list[
     return codes.astype(np.int16), labels, colors, np.bincount(codes, minlength=len(labels))
 
 
-def colouring(project: Project, state: vs.ViewState, points: Points) -> tuple[np.ndarray, list[str], list[str], np.ndarray]:
+def colouring(data: ProjectData, state: vs.ViewState, points: Points) -> tuple[np.ndarray, list[str], list[str], np.ndarray]:
     """Per-point category codes (in the points' order), names, colours and counts for `state.color_by`."""
-    info = sample_info(project)
+    info = data.sample_info
     samples = points.sample
     if state.color_by == "cluster":
-        clusters = vs.cluster_labels(vs.category_node(project, state.analysis, state.category), state.clustering)
+        clusters = data.clusters(state.analysis, state.category, state.clustering)
         if clusters is None:
             return folded(np.zeros(len(points), dtype=np.int64), {0: "no clustering"})
-        values = clusters[points.member]
+        values = clusters.labels[points.member]
         return folded(values, {**{int(k): f"cluster {k}" for k in np.unique(values) if k >= 0}, -1: "noise"})
     if state.color_by == "label":
         values = info.label[samples]
@@ -296,7 +103,7 @@ def colouring(project: Project, state: vs.ViewState, points: Points) -> tuple[np
     if state.color_by == "correct":
         values = np.where(info.prediction[samples] < 0, -1, np.where(info.correct(samples), 0, 1))
         return folded(values, {0: "correct", 1: "incorrect", -1: "no prediction"})
-    marks = np.asarray(project.inputs[state.color_by].values, dtype=bool)[samples]
+    marks = np.asarray(data.project.inputs[state.color_by].values, dtype=bool)[samples]
     return folded(marks.astype(np.int64), {0: f"no {state.color_by}", 1: state.color_by})
 
 
@@ -313,8 +120,8 @@ def combine(mode: str, current, new: np.ndarray) -> np.ndarray:
 
 @functools.cache
 def warm_up() -> None:
-    """Compile Datashader's Numba kernels for the aggregations this view uses (≈ 10 s on a busy 2-core machine), once
-    per process, so the first page a user opens does not pay for it. Servers call this before taking requests."""
+    """Compile Datashader's Numba kernels for the aggregations this view uses, once per process, so the first page a
+    user opens does not wait for the compiler. Servers call this before taking requests."""
     started = time.perf_counter()
     frame = Points(np.arange(4, dtype=np.float32), np.arange(4, dtype=np.float32), np.arange(4)).frame(
         np.array([0, 1, 0, 1], dtype=np.int16), ["a", "b"])
@@ -328,7 +135,7 @@ def warm_up() -> None:
 # ---------------------------------------------------------------------------------------------------- the view
 
 
-class EmbeddingView(pn.viewable.Viewer):
+class EmbeddingView(ProjectViewer):
     """Toolbox (analysis, category, embedding, clustering, dimensions, colours), the Datashader plot with box, lasso
     and click selection and a hover readout, its legend, the eigenvalue plot and one button per cluster."""
 
@@ -338,9 +145,8 @@ class EmbeddingView(pn.viewable.Viewer):
 
     VIEW_FIELDS = ("analysis", "category", "embedding", "x_dim", "y_dim", "clustering", "color_by")
 
-    def __init__(self, project: Project, state: vs.ViewState, thumbnail: Callable[[int], str | None] | None = None, **params):
-        super().__init__(**params)
-        self.project, self.state, self.thumbnail = project, state, thumbnail
+    def __init__(self, data: ProjectData, state: vs.ViewState, **params):
+        super().__init__(data, state, **params)
         self.points: Points | None = None
         self._syncing = False
         self._range = None
@@ -368,8 +174,7 @@ class EmbeddingView(pn.viewable.Viewer):
         self.eigen_pane = pn.pane.HoloViews(visible=False, width=320, height=200)
         self.cluster_buttons = pn.FlexBox(css_classes=["rl-cluster-buttons"])
         self.selected_pipe = hv.streams.Pipe(data=self._selected_frame())
-        self.state.param.watch(self._on_state, list(vs.ViewState.FIELDS))
-        self.param.watch(lambda event: self._show_hover(), "hovered")
+        self.state.param.watch(self._on_state, [*self.VIEW_FIELDS, "selection"])
         self.refresh(rebuild=True)
 
     # ------------------------------------------------------------------------------------------------ layout
@@ -393,6 +198,7 @@ class EmbeddingView(pn.viewable.Viewer):
         self.state.apply(values)
 
     def _on_state(self, *events) -> None:
+        """One batch of state changes: a new plot if what is plotted changed, else the selection layer and summary."""
         names = {event.name for event in events}
         if names & set(self.VIEW_FIELDS):
             self.refresh(rebuild=True)
@@ -455,8 +261,8 @@ class EmbeddingView(pn.viewable.Viewer):
             self.cluster_buttons.objects = []
             return
         started = time.perf_counter()
-        self.points = points_of(self.project, s.analysis, s.category, s.embedding, s.x_dim, s.y_dim)
-        codes, names, colors, counts = colouring(self.project, s, self.points)
+        self.points = self.data.points(s.analysis, s.category, s.embedding, s.x_dim, s.y_dim)
+        codes, names, colors, counts = colouring(self.data, s, self.points)
         # HoloViews 1.23's datashade draws nothing for a single category: give it an unused second one
         keys = dict(zip(names, colors)) if len(names) > 1 else {names[0]: colors[0], "\u200b": colors[0]}
         points = hv.Points(self.points.frame(codes, list(keys)), kdims=["x", "y"], vdims=["c"])
@@ -478,7 +284,7 @@ class EmbeddingView(pn.viewable.Viewer):
         self.plot_pane.object = shaded * selected
         self.legend.object = legend_html(names, colors, counts, s.color_by)
         self._build_eigenvalues(node)
-        self._build_cluster_buttons(node)
+        self._build_cluster_buttons()
         log.info("embedding view %s/%s/%s built in %.2f s", s.analysis, s.category, s.embedding, time.perf_counter() - started)
 
     def _selected_frame(self) -> pd.DataFrame:
@@ -502,12 +308,12 @@ class EmbeddingView(pn.viewable.Viewer):
         self.eigen_pane.object = (curve * hv.Scatter(data, "k", "eigenvalue").opts(size=6, tools=["hover"])).opts(title=f"Eigenvalues ({name})")
         self.eigen_pane.visible = True
 
-    def _build_cluster_buttons(self, node) -> None:
-        clusters = vs.cluster_labels(node, self.state.clustering)
+    def _build_cluster_buttons(self) -> None:
+        clusters = self.data.clusters(self.state.analysis, self.state.category, self.state.clustering)
         if clusters is None:
             self.cluster_buttons.objects = []
             return
-        kinds, counts = np.unique(clusters, return_counts=True)
+        kinds, counts = np.unique(clusters.labels, return_counts=True)
         buttons = []
         for k, count in list(zip(kinds.tolist(), counts.tolist()))[:MAX_CLUSTER_BUTTONS]:
             button = pn.widgets.Button(label=f"{'Noise' if k < 0 else f'Cluster {k}'} ({count})", width=130, css_classes=["rl-cluster-button"])
@@ -530,8 +336,8 @@ class EmbeddingView(pn.viewable.Viewer):
     def select_cluster(self, k: int) -> None:
         if self.points is None:
             return
-        clusters = vs.cluster_labels(vs.category_node(self.project, self.state.analysis, self.state.category), self.state.clustering)
-        self.select(np.flatnonzero(clusters[self.points.member] == k), f"cluster {k}")
+        clusters = self.data.clusters(self.state.analysis, self.state.category, self.state.clustering)
+        self.select(np.flatnonzero(clusters.labels[self.points.member] == k), f"cluster {k}")
 
     def _on_box(self, bounds=None, **_) -> None:
         if bounds is None or self.points is None:
@@ -568,17 +374,18 @@ class EmbeddingView(pn.viewable.Viewer):
         hit = self._nearest(x, y)
         self.hovered = None if hit is None else int(self.points.sample[hit])
 
+    @param.depends("hovered", watch=True)
     def _show_hover(self) -> None:
         sample = self.hovered
         if sample is None:
             self.hover_pane.object = ""
             return
-        info = sample_info(self.project)
+        info = self.data.sample_info
         label = info.class_name(int(info.label[sample]))
         predicted = info.predicted_of(sample)
         prediction = info.class_name(predicted) if predicted is not None else "none"
-        src = self.thumbnail(sample) if self.thumbnail else None
-        image = f'<img src="{html.escape(src)}" width="96" height="96" style="image-rendering: auto">' if src else ""
+        src = image_url(self.data, sample, "input")
+        image = f'<img src="{html.escape(src)}" width="96" height="96" style="image-rendering: auto">'
         self.hover_pane.object = (f'<div class="rl-hover-sample" data-sample="{sample}">{image}<div><b>sample {sample}</b><br>'
                                   f"label: {html.escape(label)}<br>predicted: {html.escape(prediction)}</div></div>")
 

@@ -1,9 +1,12 @@
-"""Per-layer inspection (reference dashboards 002 and 003): pick a layer on a diagram of the model, a sample on that
-layer's activation embedding, and see the sample's predictions, CAM/LRP heatmaps and channel activations.
+"""Per-layer inspection: pick a layer on a diagram of the model, a sample on that layer's activation embedding, and
+see the sample's predictions, CAM/LRP heatmaps and channel activations.
 
-Everything the user picks lives in params (`layer`, `sample`, `label`, `depth`, ...), so the app's ViewState can sync
-them and tests can drive the view without a browser. Picking happens by clicking: the diagram and the embedding are
-HoloViews plots with `hv.streams.Tap`, the channel thumbnails a small JSComponent whose `channel` follows the click.
+The picked layer and sample are the session's `ViewState` fields `layer` and `sample` (so share links carry them and
+a click on the analysis view opens the sample here); the inspector's own choices (explained label, CAM method, depth,
+channel order and channel, colour map) are its params, so tests can drive the view without a browser. The model and
+its explainer are the project's `ProjectData.explainer`, loaded once per process. Picking happens by clicking: the
+diagram and the embedding are HoloViews plots with `hv.streams.Tap`, the channel thumbnails a small JSComponent whose
+`channel` follows the click.
 """
 
 from __future__ import annotations
@@ -13,7 +16,6 @@ import functools
 import io
 import logging
 import math
-from pathlib import Path
 
 import holoviews as hv
 import holoviews.plotting.bokeh  # noqa: F401  (registers the Bokeh backend, so .opts work outside a notebook)
@@ -25,11 +27,15 @@ from bokeh.palettes import Category10_10, Category20_20
 from PIL import Image
 
 from ..errors import RelaylabError
-from .images import COLORMAPS, css_image_rendering, encode_png, heatmap_rgba, input_rgb, overlay_rgba
+from .colormaps import COLORMAPS
+from .data import ProjectData
+from .render import css_image_rendering, encode_png, heatmap_rgba, input_rgb, overlay_rgba
+from .state import ViewState
+from .view import ProjectViewer
 
 log = logging.getLogger(__name__)
 
-CATEGORY = "all"  # contract 4: activation analyses have this single category
+CATEGORY = "all"  # the single category of an activation analysis (relaylab.analyze.activations)
 DATASHADE_ABOVE = 50_000  # points: beyond this the embedding is rendered by Datashader on the server
 IMAGE_PX = 192  # display size of the sample image and its heatmaps
 THUMB_PX = 72  # display size of a channel thumbnail
@@ -74,7 +80,7 @@ def thumbnail(rgba: np.ndarray) -> str:
 
 
 def box_heights(layers: list[dict]) -> np.ndarray:
-    """Box height per layer from its output's spatial size (log scale), as in 002's isometric drawing: wide
+    """Box height per layer from its output's spatial size (log scale), as in an isometric drawing of the network: wide
     feature maps near the input are tall boxes, flat feature vectors near the output are short ones."""
     spatial = np.array([math.prod(layer["output_shape"][1:]) if len(layer["output_shape"]) > 1 else 1
                         for layer in layers], dtype=float)
@@ -123,12 +129,10 @@ class ChannelGrid(pn.custom.JSComponent):
     """]
 
 
-class LayerInspector(pn.viewable.Viewer):
-    """One project's model, layer by layer: diagram, activation embedding, and a picked sample's explanations."""
+class LayerInspector(ProjectViewer):
+    """One project's model, layer by layer: diagram, activation embedding, and a picked sample's explanations. The
+    inspected layer is the state's `layer` (None: `default_layer()`), the picked sample the state's `sample`."""
 
-    project_path = param.String(default="", doc="store of a project that records a model (contract 1)")
-    layer = param.String(default=None, allow_None=True, doc="name of the inspected layer; None = a sensible default once loaded")
-    sample = param.Integer(default=None, allow_None=True, doc="dataset index of the picked sample")
     label = param.Integer(default=None, allow_None=True, doc="class the heatmaps explain; None = the predicted class")
     cam_method = param.Selector(default="gradcam", objects=["gradcam", "layercam"], doc="CAM shown beside LRP")
     depth = param.Integer(default=None, allow_None=True, bounds=(0, None),
@@ -138,9 +142,8 @@ class LayerInspector(pn.viewable.Viewer):
     embedding = param.Selector(default=None, objects=[], allow_None=True, doc="embedding of the activation analysis")
     colormap = param.Selector(default="bwr", objects=list(COLORMAPS), doc="colour map of heatmaps and activations")
 
-    def __init__(self, **params):
-        super().__init__(**params)
-        self.project = None
+    def __init__(self, data: ProjectData, state: ViewState, **params):
+        super().__init__(data, state, **params)
         self.explainer = None
         self.layers: list[dict] = []
         self.cam_layers: list[str] = []
@@ -176,15 +179,8 @@ class LayerInspector(pn.viewable.Viewer):
 
     # ----------------------------------------------------------------------------------------------------- loading
 
-    @param.depends("project_path", watch=True)
     def _load(self) -> None:
-        """Open the project and its explainer; everything else is drawn from them."""
-        if self.explainer is not None:
-            self.explainer.close()
-        if self.project is not None:
-            self.project.close()
-        self.project = self.explainer = None
-        self.layers, self.cam_layers = [], []
+        """Get the project's explainer (the model, loaded once per process); everything else is drawn from it."""
         try:
             self._open()
         except RelaylabError as error:
@@ -197,22 +193,10 @@ class LayerInspector(pn.viewable.Viewer):
         self._refresh()
 
     def _open(self) -> None:
-        from ..data.project import open_project
-        from ..explain.live import SampleExplainer
-
-        if not self.project_path:
-            raise RelaylabError.at("", "project_path", "the path of a project store", "none given")
-        self.project = open_project(Path(self.project_path))
-        model = self.project.metadata.get("store", {}).get("model")
-        if not model or not model.get("layers"):
-            raise RelaylabError.at(self.project.path, "zarr.json#attributes.relaylab.model",
-                                   "a recorded model (spec and layer listing), as the explain stage records it", "none")
-        self.explainer = SampleExplainer(self.project)
+        self.explainer = self.data.explainer
         self.layers = list(self.explainer.layers)
         self.cam_layers = list(self.explainer.cam_layers)
         with param.parameterized.discard_events(self):
-            if not self.layer:
-                self.layer = self.default_layer()
             last = max(0, len(self.cam_layers) - 1)
             self.param.depth.bounds = (0, last)
             if self.depth is None or self.depth > last:
@@ -227,7 +211,7 @@ class LayerInspector(pn.viewable.Viewer):
         return (analysed or self.cam_layers or self.layer_names)[-1]
 
     def default_depth(self) -> int:
-        """003 starts at the last layer; the last one that still has a spatial extent, as a 1×1 map shows nothing."""
+        """The last CAM layer that still has a spatial extent (a CAM of a 1×1 map shows nothing), else the last one."""
         shapes = {x["name"]: x["output_shape"] for x in self.layers}
         spatial = [i for i, name in enumerate(self.cam_layers) if math.prod(shapes[name][1:]) > 1]
         return (spatial or [max(0, len(self.cam_layers) - 1)])[-1]
@@ -269,6 +253,16 @@ class LayerInspector(pn.viewable.Viewer):
         return self._layout
 
     # ---------------------------------------------------------------------------------------------------- checking
+
+    @property
+    def layer(self) -> str | None:
+        """The inspected layer: the state's, else the default one (None while no model is loaded)."""
+        return self.state.layer or (self.default_layer() if self.layers else None)
+
+    @property
+    def sample(self) -> int | None:
+        """The picked sample (the state's)."""
+        return self.state.sample
 
     @property
     def layer_names(self) -> list[str]:
@@ -318,13 +312,10 @@ class LayerInspector(pn.viewable.Viewer):
         self._draw_embedding()
         self._draw_sample()
 
-    @param.depends("layer", watch=True)
+    @param.depends("state.layer", watch=True)
     @shows_errors
     def _on_layer(self) -> None:
         if self.explainer is None:
-            return
-        if not self.layer:  # the app's state says "no layer": show the default one
-            self.layer = self.default_layer()
             return
         self.channel = None  # channels of another layer
         self._show_problems()
@@ -332,7 +323,7 @@ class LayerInspector(pn.viewable.Viewer):
         self._draw_embedding()
         self._draw_channels()
 
-    @param.depends("sample", "label", watch=True)
+    @param.depends("state.sample", "label", watch=True)
     @shows_errors
     def _on_sample(self) -> None:
         if self.explainer is not None:
@@ -408,7 +399,7 @@ class LayerInspector(pn.viewable.Viewer):
             return
         i = math.floor(x)
         if 0 <= i < len(self.layers):
-            self.layer = self.layers[i]["name"]
+            self.state.layer = self.layers[i]["name"]
 
     def _draw_embedding(self) -> None:
         """The picked layer's activation embedding (analysis `activation-<layer>`), coloured by true class."""
@@ -480,7 +471,7 @@ class LayerInspector(pn.viewable.Viewer):
         span = np.ptp(self._points, axis=0)
         span[span == 0] = 1
         distance = (((self._points - (x, y)) / span) ** 2).sum(axis=1)
-        self.sample = int(self._point_samples[np.argmin(distance)])
+        self.state.sample = int(self._point_samples[np.argmin(distance)])
 
     def _draw_sample(self) -> None:
         """Image, labels, top-10 predictions, heatmaps and channel activations of the picked sample."""
@@ -516,8 +507,8 @@ class LayerInspector(pn.viewable.Viewer):
             self.label = label
 
     def _draw_heatmaps(self) -> None:
-        """CAM of the chosen method at the chosen depth (alone and over the input, as 003 shows it), and LRP, all for
-        the explained label."""
+        """CAM of the chosen method at the chosen depth (alone and over the input), and LRP, all for the explained
+        label."""
         label = self.effective_label
         if self.sample is None or label is None:
             return
@@ -551,7 +542,7 @@ class LayerInspector(pn.viewable.Viewer):
         return np.argsort(-scores, kind="stable") if self.channel_order == "score" else np.arange(len(scores))
 
     def _draw_channels(self) -> None:
-        """Channel thumbnails (conv layers) or one zoomable heatmap of all units (flat layers, as in 002's fig. 3)."""
+        """Channel thumbnails (conv layers) or one zoomable heatmap of all units (flat layers)."""
         if self.sample is None or self.layer_problem() or self.sample_problem():
             self.channel_grid.items = []
             self.zoom_pane.object = None

@@ -1,8 +1,9 @@
-"""The explorer's view state: one param object that the widgets, the share link and exported JSON files all mirror.
+"""The explorer's view state: one param object that the views read and write, and that share links and files carry.
 
-Everything the user can choose lives in `ViewState`; widgets write to it, views watch it. Exported files use
-ViRelAy's keys (so ViRelAy and relaylab read each other's exports) plus relaylab's own under `relaylab`; share links
-use ViRelAy's query keys plus relaylab's, with the selection written as ranges (`3-9,12`) so a big selection stays short.
+Everything the user can choose lives in `ViewState`; each view is made from (ProjectData, ViewState), its widgets write
+the state and it redraws when the state changes. Exported files use ViRelAy's keys (so ViRelAy and relaylab read each
+other's exports) plus relaylab's own under `relaylab`; share links use ViRelAy's query keys plus relaylab's, with the
+selection written as ranges (`3-9,12`) so a big selection stays short.
 """
 
 from __future__ import annotations
@@ -19,13 +20,12 @@ import xarray as xr
 from ..data.project import Project
 from ..data.schema import schema_problems
 from ..errors import Problem, RelaylabError
+from .colormaps import COLORMAPS, DEFAULT_COLORMAP
+from .render import MODES, SAMPLINGS
 
 log = logging.getLogger(__name__)
 
-MODES = ("input", "attribution", "overlay")
-SAMPLINGS = ("automatic", "smooth", "pixelated")
 COLOR_BY = ("cluster", "label", "prediction", "correct")  # plus every boolean coordinate of the inputs (e.g. artifact)
-DEFAULT_COLORMAP = "black-fire-red"  # ViRelAy's default
 PREFERRED_EMBEDDINGS = ("tsne", "umap", "pca", "spectral")
 STATE_VERSION = 1
 MAX_QUERY_SAMPLES = 50_000_000  # a share link's ranges may not expand beyond this (a typo like 0-999999999999 would)
@@ -45,7 +45,7 @@ class ViewState(param.Parameterized):
     color_by = param.String("cluster", doc="cluster, label, prediction, correct, or a boolean input coordinate")
     selection = param.List([], item_type=int, doc="dataset indices of the selected samples, ascending")
     mode = param.Selector(default="overlay", objects=list(MODES))
-    colormap = param.String(DEFAULT_COLORMAP)
+    colormap = param.Selector(default=DEFAULT_COLORMAP, objects=list(COLORMAPS))
     sampling = param.Selector(default="automatic", objects=list(SAMPLINGS))
     page = param.Integer(0, bounds=(0, None))
     page_size = param.Integer(20, bounds=(1, 1000))
@@ -59,7 +59,7 @@ class ViewState(param.Parameterized):
         return {name: getattr(self, name) for name in self.FIELDS}
 
     def selection_array(self) -> np.ndarray:
-        """The selection as an int64 array, converted once per change (a 10-million list takes ~0.4 s to convert)."""
+        """The selection as an int64 array, converted once per change of it (converting a list of millions is slow)."""
         cached = getattr(self, "_selection_cache", None)
         if cached is None or cached[0] is not self.selection:
             cached = self._selection_cache = (self.selection, np.asarray(self.selection, dtype=np.int64))
@@ -276,12 +276,6 @@ def model_layers(project: Project) -> list[str]:
     return [layer["name"] for layer in model.get("layers", [])]
 
 
-def colormap_names() -> list[str]:
-    from .images import COLORMAPS
-
-    return list(COLORMAPS)
-
-
 def default_embedding(names: list[str]) -> str:
     return next((e for e in PREFERRED_EMBEDDINGS if e in names), names[0] if names else "")
 
@@ -337,9 +331,8 @@ def checked_values(given: dict, project: Project | None, file: str, keys: dict[s
             problem(field, "a number ≥ 0", values[field])
     if not 1 <= values["page_size"] <= 1000:
         problem("page_size", "a page size from 1 to 1000", values["page_size"])
-    known_maps = colormap_names()
-    if values["colormap"] not in known_maps:
-        problem("colormap", "one of the colour maps: " + ", ".join(known_maps), values["colormap"])
+    if values["colormap"] not in COLORMAPS:
+        problem("colormap", "one of the colour maps: " + ", ".join(COLORMAPS), values["colormap"])
     values["selection"] = sorted({int(i) for i in values["selection"]})
     if project is None:
         if problems:

@@ -1,0 +1,233 @@
+"""`ProjectData`: one served project's data, opened once per server process and shared by all its sessions.
+
+`ProjectData.of(path)` (thread-safe) opens a project on first use and gives every later caller, each browser session's
+views and the HTTP image handler alike, the same object. It holds what every session reads the same way: the opened
+`Project` (without the analyses that cannot be read, which `problems` lists), the embeddings' points in Z-order,
+per-sample labels and predictions, cluster labels, the rendered PNGs with their ETags, and, for a project whose store
+records a model, the model and its `SampleExplainer`, loaded on first use. Nothing a user chooses lives here: that is
+each session's `ViewState`. The caches last as long as the process: a project rewritten on disk while it is served
+shows its old data until a restart.
+
+The image URLs name a project by `key`, a hash of its resolved path, never by the path itself; the image handler
+serves only projects registered here (`ProjectData.registered(key)`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import pandas as pd
+
+from ..cache import LRU
+from ..data.project import Project, open_project
+from ..errors import RelaylabError
+from . import render
+from . import state as vs
+from .points import Points
+
+log = logging.getLogger(__name__)
+
+POINTS_CACHE = 8  # embeddings (analysis, category, embedding, x, y) kept in Z-order per project
+CLUSTERS_CACHE = 32  # clusterings kept per project
+PNG_CACHE_BYTES = 256 * 2**20  # rendered PNGs kept per project
+
+_lock = threading.Lock()
+_by_path: dict[Path, ProjectData] = {}
+_by_key: dict[str, ProjectData] = {}
+
+
+def project_key(path: str | os.PathLike) -> str:
+    """The name of a project in image URLs: it neither reveals nor accepts a path."""
+    return hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()[:16]
+
+
+def readable(project: Project) -> tuple[Project, list[str]]:
+    """The project without the analyses that cannot be opened (e.g. left half-written by a killed job), and why."""
+    problems, analyses = [], {}
+    for name in project.analyses:
+        try:
+            analyses[name] = project.analyses[name]
+        except RelaylabError as error:
+            problems.append(f"{project.name}: analysis '{name}' is left out: {error}")
+    if len(analyses) == len(project.analyses):
+        return project, problems
+    return dataclasses.replace(project, analyses=analyses), problems
+
+
+class Clusters(NamedTuple):
+    """A clustering of a category: the members' dataset indices and each member's cluster (-1 = noise)."""
+
+    members: pd.Index
+    labels: np.ndarray
+
+
+class SampleInfo:
+    """Per-sample facts for colouring, hover and cards, indexed by dataset index: true label, prediction, class names."""
+
+    def __init__(self, project: Project):
+        self.project = project
+        labels = np.asarray(project.inputs["label"].values)
+        self.multi_hot = labels if labels.ndim == 2 else None
+        self.label = labels.argmax(axis=1) if labels.ndim == 2 else labels.astype(np.int64)
+        self.names = [str(n) for n in project.label_map["name"].values]
+        self.classes = np.asarray(project.label_map["class"].values)
+        self._prediction: np.ndarray | None = None
+
+    def class_name(self, k: int) -> str:
+        hit = np.flatnonzero(self.classes == k)
+        return self.names[hit[0]] if hit.size else f"class {k}"
+
+    @property
+    def prediction(self) -> np.ndarray:
+        """Predicted class (argmax of the model outputs) per dataset index; -1 where the first attribution set has no row."""
+        if self._prediction is None:
+            prediction = np.full(self.label.size, -1, dtype=np.int64)
+            if self.project.attributions:
+                first = next(iter(self.project.attributions.values()))
+                prediction[np.asarray(first["sample"].values)] = np.asarray(first["prediction"].argmax("class").values)
+            self._prediction = prediction
+        return self._prediction
+
+    def correct(self, samples: np.ndarray) -> np.ndarray:
+        predicted = self.prediction[samples]
+        if self.multi_hot is not None:
+            return self.multi_hot[samples, np.maximum(predicted, 0)] & (predicted >= 0)
+        return predicted == self.label[samples]
+
+    def predicted_of(self, sample: int) -> int | None:
+        """One sample's prediction without computing all of them (what hover needs)."""
+        if self._prediction is not None:
+            value = int(self._prediction[sample])
+            return value if value >= 0 else None
+        for attributions in self.project.attributions.values():
+            try:
+                return int(attributions["prediction"].sel(sample=sample).argmax("class").values)
+            except KeyError:
+                return None
+        return None
+
+
+class ProjectData:
+    """One project and everything read or computed from it that all sessions share (see the module docstring)."""
+
+    def __init__(self, project: Project, problems: list[str] | None = None):
+        self.project = project
+        self.problems = list(problems or [])
+        self.key = project_key(project.path)
+        self._points = LRU(max_items=POINTS_CACHE)
+        self._clusters = LRU(max_items=CLUSTERS_CACHE)
+        self.pngs = LRU(max_bytes=PNG_CACHE_BYTES, size=lambda item: len(item[0]))
+        self._lock = threading.Lock()
+        self._model_lock = threading.Lock()  # loading a model takes a while: not under the lock of the quick reads
+        self._sample_info: SampleInfo | None = None
+        self._explainer = None
+
+    @classmethod
+    def of(cls, path: str | os.PathLike) -> ProjectData:
+        """The process's one ProjectData of the project at `path`, opened on first use. RelaylabError if it cannot be
+        opened (nothing is registered then, so a later call tries again)."""
+        path = Path(path).resolve()
+        with _lock:
+            if path not in _by_path:
+                data = cls(*readable(open_project(path)))
+                _by_path[path] = _by_key[data.key] = data
+            return _by_path[path]
+
+    @staticmethod
+    def registered(key: str) -> ProjectData | None:
+        """The project served under an image URL's key, or None."""
+        return _by_key.get(key)
+
+    def register(self) -> str:
+        """Make this project's images servable by key (`of` does this; for a ProjectData made from an open Project)."""
+        with _lock:
+            _by_key.setdefault(self.key, self)
+        return self.key
+
+    def close(self) -> None:
+        if self._explainer is not None:
+            self._explainer.close()
+        self.project.close()
+
+    # ------------------------------------------------------------------------------------------------ analyses
+
+    def points(self, analysis: str, category: str, embedding: str, x_dim: int, y_dim: int) -> Points:
+        """The embedding's two chosen components in Z-order."""
+        def make() -> Points:
+            started = time.perf_counter()
+            node = self.project.analyses[analysis][category]
+            xy = np.asarray(node["embedding"][embedding]["embedding"].isel(component=[x_dim, y_dim]).values)
+            points = Points(xy[:, 0], xy[:, 1], vs.member_indices(node))
+            log.info("%s/%s/%s: %d points in Z-order in %.2f s", analysis, category, embedding, len(points), time.perf_counter() - started)
+            return points
+
+        return self._points.get((analysis, category, embedding, x_dim, y_dim), make)
+
+    def clusters(self, analysis: str, category: str, clustering: str) -> Clusters | None:
+        """A category's clustering; None when any of the three is empty (no clustering chosen), RelaylabError when the
+        project lacks one of them."""
+        if not (analysis and category and clustering):
+            return None
+
+        def make() -> Clusters:
+            if analysis not in self.project.analyses:
+                raise RelaylabError.at(self.project.path, "analyses", f"an analysis ({', '.join(self.project.analyses) or 'none'})",
+                                       repr(analysis))
+            tree = self.project.analyses[analysis]
+            if category not in tree.children:
+                raise RelaylabError.at(self.project.path, f"analyses/{analysis}", "a category of the analysis", repr(category))
+            node = tree[category]
+            if clustering not in vs.clusterings(node):
+                raise RelaylabError.at(self.project.path, f"analyses/{analysis}/{category}/cluster", "a clustering of the category",
+                                       repr(clustering))
+            return Clusters(pd.Index(vs.member_indices(node)), vs.cluster_labels(node, clustering))
+
+        return self._clusters.get((analysis, category, clustering), make)
+
+    @property
+    def sample_info(self) -> SampleInfo:
+        with self._lock:
+            if self._sample_info is None:
+                self._sample_info = SampleInfo(self.project)
+            return self._sample_info
+
+    # ------------------------------------------------------------------------------------------------ images
+
+    def png(self, sample: int, mode: str, colormap: str, attribution: str | None = None) -> tuple[bytes, str]:
+        """(PNG, ETag) of one image, rendered once per (attribution set, sample, mode, colour map)."""
+        name = None if mode == "input" else render.attribution_set(self.project, attribution)
+
+        def make() -> tuple[bytes, str]:
+            png = render.render_png(self.project, sample, mode, colormap, name)
+            return png, hashlib.sha256(png).hexdigest()[:32]
+
+        return self.pngs.get((name, int(sample), mode, None if mode == "input" else colormap), make)
+
+    # ------------------------------------------------------------------------------------------------ the model
+
+    @property
+    def has_model(self) -> bool:
+        """Whether the store records a model with its layers (what the layer inspector needs)."""
+        return bool(vs.model_layers(self.project))
+
+    @property
+    def explainer(self):
+        """The recorded model's `SampleExplainer`, loaded on first use and shared by all sessions (it runs one pass at a
+        time). RelaylabError when the store records no model or it cannot be loaded."""
+        with self._model_lock:
+            if self._explainer is None:
+                if not self.has_model:
+                    raise RelaylabError.at(self.project.path, "zarr.json#attributes.relaylab.model",
+                                           "a recorded model (spec and layer listing), as the explain stage records it", "none")
+                from ..explain.live import SampleExplainer  # torch: only for projects with a model
+
+                self._explainer = SampleExplainer(self.project)
+            return self._explainer
