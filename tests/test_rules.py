@@ -66,3 +66,24 @@ def test_fast_zplus_skips_the_negative_term_only_on_non_negative_inputs():
         torch.autograd.grad(out, x, grad_outputs=torch.ones_like(out))
         handles.remove()
         assert len(calls) - 1 == expected_modified, rule_type  # one original forward plus the modified ones
+
+
+@pytest.mark.parametrize("name, composite, box", COMPOSITES, ids=[c[0] for c in COMPOSITES])
+def test_fast_rules_give_zennits_relevance_through_the_resnet_canonizer(name, composite, box):
+    """The canonizer path: batch norms merged into the convolutions (zennit 1.0 sets the merged weights as plain
+    tensors over the parameters and the merged batch norms' eps to 0), and ResNet's residual sums."""
+    import torchvision
+    from zennit.torchvision import ResNetCanonizer
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=5).eval()
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):  # non-trivial statistics, so the merge changes the weights
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(2, 3, 32, 32).clamp(-3, 3)
+    box = {key: torch.full_like(x, value) for key, value in (("low", -3.0), ("high", 3.0))} if box else {}
+    expected = relevance(model, composite(**box, canonizers=[ResNetCanonizer()]), x)
+    got = relevance(model, composite(**box, canonizers=[ResNetCanonizer()], **fast_maps(name, **box)), x)
+    assert np.abs(expected).sum() > 0
+    np.testing.assert_array_equal(got, expected)

@@ -25,32 +25,35 @@ class _Relevance(torch.autograd.Function):
     """Passes the layer's output through; its backward pass is the rule's relevance for the layer's input."""
 
     @staticmethod
-    def forward(ctx, input, output, hook, module):
+    def forward(ctx, input, output, hook, module, args, kwargs):
         ctx.save_for_backward(input)
-        ctx.hook, ctx.module = hook, module
+        ctx.hook, ctx.module, ctx.args, ctx.kwargs = hook, module, args, kwargs
         return output.view_as(output)
 
     @staticmethod
     def backward(ctx, grad_output):
         (input,) = ctx.saved_tensors
-        ctx.hook.stored_tensors["input"] = (input,)
+        # What zennit's BasicHook.forward stores: the call's positional arguments (0.5 reads only the first) and, since
+        # zennit 1.0, its keyword arguments, which 1.0's BasicHook.backward passes on to the modified forward passes.
+        ctx.hook.stored_tensors.update(input=(input, *ctx.args), kwargs=ctx.kwargs)
         try:
             (relevance,) = ctx.hook.backward(ctx.module, (input,), (grad_output,))
         finally:
             ctx.hook.stored_tensors.pop("input", None)
-        return relevance, None, None, None
+            ctx.hook.stored_tensors.pop("kwargs", None)
+        return relevance, None, None, None, None, None
 
 
 class Direct:
     """Mixin for a zennit `BasicHook` rule: the same relevance, without the layer's discarded plain backward pass."""
 
     def register(self, module):
-        return RemovableHandleList([RemovableHandle(self), module.register_forward_hook(self._replace_output)])
+        return RemovableHandleList([RemovableHandle(self), module.register_forward_hook(self._replace_output, with_kwargs=True)])
 
-    def _replace_output(self, module, input, output):
-        if not (torch.is_grad_enabled() and isinstance(output, torch.Tensor) and input and input[0].requires_grad):
+    def _replace_output(self, module, args, kwargs, output):
+        if not (torch.is_grad_enabled() and isinstance(output, torch.Tensor) and args and args[0].requires_grad):
             return None
-        return _Relevance.apply(input[0], output.detach(), self, module)
+        return _Relevance.apply(args[0], output.detach(), self, module, args[1:], kwargs)
 
 
 class ZPlus(Direct, rules.ZPlus):
@@ -62,7 +65,7 @@ class ZPlus(Direct, rules.ZPlus):
             return super().backward(module, grad_input, grad_output)
         input = original.clone().requires_grad_()
         with ParamMod.ensure(self.param_modifiers[0])(module) as modified, torch.autograd.enable_grad():
-            output = self.output_modifiers[0](modified.forward(input))
+            output = self.output_modifiers[0](modified.forward(input, *self.stored_tensors["input"][1:], **self.stored_tensors["kwargs"]))
         grad_output_scaled = self.gradient_mapper(grad_output[0], [output])[0]  # out_grad / stabilized(z+)
         (gradient,) = torch.autograd.grad(output, input, grad_outputs=grad_output_scaled,
                                           create_graph=grad_output[0].requires_grad)
