@@ -16,7 +16,8 @@ from relaylab.data.project import open_project
 from relaylab.errors import IncompleteStoreError, RelaylabError
 from relaylab.explain import jobs
 from relaylab.explain.models import load_model, model_spec_of, preprocess
-from tests.test_explain_models import TINY, make_store, save_weights
+
+from .helpers import TINY, make_store, save_weights
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +111,7 @@ def test_a_killed_activation_job_resumes_to_the_same_bytes(tmp_path, monkeypatch
     ({"layers": []}, "one or more distinct layer names"),
     ({"layers": ["features.0"], "pool": (0, 2)}, "pool: expected (height, width)"),
     ({"layers": ["features.0"], "top_k": 0}, "top_k: expected a positive number"),
-    ({"layers": ["features.0"], "device": "tpu"}, "device: expected 'cpu' or 'cuda'"),
+    ({"layers": ["features.0"], "device": "tpu"}, "device: expected 'cpu', 'cuda' or 'cuda:N'"),
 ])
 def test_bad_arguments_write_nothing(store, arguments, message):
     with pytest.raises(RelaylabError) as error:
@@ -125,7 +126,7 @@ def test_cli_model_layers_and_activations(tmp_path, capsys):
     assert main(["model", str(store), TINY, "--weights", str(weights), "--mean", "0.1", "0.2", "0.3", "--std", "1", "1", "1"]) == 0
     spec = zstore.store_metadata(store)["model"]["spec"]
     assert spec["weights"] == "other.pt" and spec["mean"] == [0.1, 0.2, 0.3] and spec["input_shape"] == [3, 16, 16]
-    assert "recorded tests.test_explain_models:TinyNet (7 layers" in capsys.readouterr().out
+    assert "recorded tests.helpers:TinyNet (7 layers" in capsys.readouterr().out
 
     assert main(["model", str(store), TINY, "--mean", "0.5"]) == 2
     assert "one number per input channel (3)" in capsys.readouterr().err

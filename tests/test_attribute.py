@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from distributed import Client, LocalCluster
+from distributed import Client
 from zennit.attribution import Gradient
 from zennit.canonizers import SequentialMergeBatchNorm
 from zennit.composites import COMPOSITES
@@ -22,7 +22,8 @@ from relaylab.explain import jobs
 from relaylab.explain.attribution import explain_batch
 from relaylab.explain.methods import METHODS
 from relaylab.explain.models import load_model, model_spec_of, preprocess
-from tests.test_explain_models import make_store, save_weights
+
+from .helpers import make_store, save_weights
 
 
 @pytest.fixture(scope="module")
@@ -199,20 +200,14 @@ def test_a_killed_job_resumes_to_the_same_bytes(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("method", ["epsilon_plus_flat", "smoothgrad"])
-def test_a_dask_cluster_writes_the_same_bytes(tmp_path, monkeypatch, cluster, method):
+def test_a_dask_cluster_writes_the_same_bytes(tmp_path, monkeypatch, dask_cluster, method):
     small_blocks(monkeypatch)
     local, remote = make_store(tmp_path / "a" / "p.zarr"), make_store(tmp_path / "b" / "p.zarr")
     jobs.attribute(local, name="x", method=method, batch_size=5, progress=False)
-    jobs.attribute(remote, name="x", method=method, batch_size=5, scheduler=cluster.scheduler_address, progress=False)
+    jobs.attribute(remote, name="x", method=method, batch_size=5, scheduler=dask_cluster.scheduler_address, progress=False)
     assert group_files(local, "attributions/x") == group_files(remote, "attributions/x")
-    with Client(cluster) as client:  # the blocks were computed by the workers, each with its own cached model
+    with Client(dask_cluster) as client:  # the blocks were computed by the workers, each with its own cached model
         assert sum(client.run(lambda: len(__import__("relaylab.explain.jobs").explain.jobs._MODELS)).values()) >= 1
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as local:
-        yield local
 
 
 def nothing_written(store: Path) -> bool:
@@ -271,7 +266,7 @@ def test_reusing_a_name_with_other_settings_is_refused(tmp_path):
     store = make_store(tmp_path / "p.zarr", n=8)
     jobs.attribute(store, name="lrp", progress=False)
     before = group_files(store, "attributions/lrp")
-    with pytest.raises(RelaylabError, match="a group from different data"):
+    with pytest.raises(RelaylabError, match="one written with other settings or from other data"):
         jobs.attribute(store, name="lrp", method="epsilon_plus", progress=False)
     jobs.attribute(store, name="lrp", progress=False)  # the same settings: already complete, left as it is
     assert group_files(store, "attributions/lrp") == before

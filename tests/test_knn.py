@@ -304,7 +304,7 @@ def test_many_bad_rows_are_abbreviated():
 
 @pytest.mark.parametrize("param, value, message", [
     ("method", "kd_tree", "method must be one of auto, exact, approximate, not 'kd_tree'"),
-    ("device", "tpu", "device must be one of cpu, cuda, not 'tpu'"),
+    ("device", "tpu", "device must be 'cpu', 'cuda' or 'cuda:N' .N: the GPU's index., not 'tpu'"),
     ("metric", "cosine", "metric must be one of euclidean, not 'cosine'"),
     ("n_neighbors", 0, "n_neighbors must be a positive integer, not 0"),
     ("chunk_size", 0, "chunk_size must be a positive integer or None, not 0"),
@@ -335,7 +335,7 @@ def test_backend_cpu():
     m = sp.eye(3, format="csr")
     assert backend.to_device(m, "cpu") is m
     np.testing.assert_array_equal(backend.to_numpy([1, 2]), np.array([1, 2]))
-    with pytest.raises(ValueError, match="device must be one of cpu, cuda, not 'gpu'"):
+    with pytest.raises(ValueError, match="device must be 'cpu', 'cuda' or 'cuda:N' .N: the GPU's index., not 'gpu'"):
         backend.array_namespace("gpu")
 
 

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import xarray as xr
-import zarr
 from sklearn.decomposition import PCA
 from tqdm.auto import tqdm
 
@@ -116,9 +115,6 @@ def analyze_activations(store_path: str | Path, activation_set: str = "activatio
             log.info("analyses/%s is complete, skipping", name)
             written.append(name)
             continue
-        if meta is not None:  # killed half-way, or made with other settings: made anew
-            log.info("analyses/%s: %s, replacing it", name, "other settings" if meta.get("status") == "complete" else "unfinished")
-            del zarr.open_group(store, mode="r+", zarr_format=3)[f"analyses/{name}"]
         activation = zstore.open_tree(store, f"activations/{activation_set}")[layer]["activation"]
         pooled, factor = downsample(activation, max_features)
         embeddings, attrs = embed_layer(np.asarray(pooled.values, dtype=np.float32), method, variance, random_state)
@@ -126,7 +122,8 @@ def analyze_activations(store_path: str | Path, activation_set: str = "activatio
                  "activation_shape": list(activation.shape[1:])}
         log.info("%s: %d features, %d PCA components keep %.1f%% of the variance", name, attrs["features"],
                  attrs["pca_components"], 100 * attrs["explained_variance"])
+        # one made with other settings is made anew; one a kill left unfinished is completed
         zstore.write_analysis(store, name, layer_tree(activation[SAMPLE].values, embeddings, attrs), attrs=settings_of_layer,
-                              progress=False)
+                              replace=True, progress=False)
         written.append(name)
     return written

@@ -10,34 +10,30 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse
 
-DEVICES = ("cpu", "cuda")
+from ..compute import device_kind, gpu_index
 
 
-def check_device(device: str) -> str:
-    if device not in DEVICES:
-        raise ValueError(f"device must be one of {', '.join(DEVICES)}, not {device!r}")
-    return device
-
-
-def _cupy():
+def _cupy(device: str = "cuda"):
+    """CuPy, with the GPU of `device` ("cuda:N") made the current one."""
     try:
         import cupy
     except ImportError as error:  # also raised by CuPy when its CUDA libraries are missing
-        raise RuntimeError(f"device='cuda' needs the package cupy, which is not importable ({error}); "
+        raise RuntimeError(f"device='{device}' needs the package cupy, which is not importable ({error}); "
                            "install it with the relaylab[gpu] extra: pip install 'relaylab[gpu]'") from error
+    cupy.cuda.Device(gpu_index(device)).use()
     return cupy
 
 
 def array_namespace(device: str = "cpu"):
-    """numpy for "cpu", cupy for "cuda"."""
-    return np if check_device(device) == "cpu" else _cupy()
+    """numpy for "cpu", cupy for "cuda" / "cuda:N"."""
+    return np if device_kind(device) == "cpu" else _cupy(device)
 
 
 def sparse_namespace(device: str = "cpu"):
     """scipy.sparse for "cpu", cupyx.scipy.sparse for "cuda"."""
-    if check_device(device) == "cpu":
+    if device_kind(device) == "cpu":
         return scipy.sparse
-    _cupy()
+    _cupy(device)
     import cupyx.scipy.sparse
 
     return cupyx.scipy.sparse
@@ -45,11 +41,11 @@ def sparse_namespace(device: str = "cpu"):
 
 def linalg_namespace(device: str = "cpu"):
     """scipy.sparse.linalg for "cpu", cupyx.scipy.sparse.linalg for "cuda" (eigsh, lobpcg)."""
-    if check_device(device) == "cpu":
+    if device_kind(device) == "cpu":
         import scipy.sparse.linalg
 
         return scipy.sparse.linalg
-    _cupy()
+    _cupy(device)
     import cupyx.scipy.sparse.linalg
 
     return cupyx.scipy.sparse.linalg
@@ -57,9 +53,9 @@ def linalg_namespace(device: str = "cpu"):
 
 def to_device(x, device: str = "cpu"):
     """`x` (dense or SciPy/cupyx sparse) as an array of `device`; no copy when it is already there."""
-    if check_device(device) == "cpu":
+    if device_kind(device) == "cpu":
         return to_numpy(x)
-    cupy = _cupy()
+    cupy = _cupy(device)
     if scipy.sparse.issparse(x):
         import cupyx.scipy.sparse
 

@@ -109,7 +109,7 @@ def add_commands(commands) -> None:
     analyze.add_argument("--name", default="spectral_analysis", help="analysis name (default: spectral_analysis)")
     analyze.add_argument("--grouping", choices=("true_label", "predicted_label", "all"), help="override the config's grouping")
     analyze.add_argument("--attribution", metavar="NAME", help="attribution set to analyse (default: the first)")
-    analyze.add_argument("--device", choices=("cpu", "cuda"), help="where the kNN search, Laplacian and eigensolver run "
+    analyze.add_argument("--device", help="where the kNN search, Laplacian and eigensolver run: cpu, cuda or cuda:N "
                          "(default: the config's, cpu); cuda needs CuPy (pip install 'relaylab[gpu]')")
     analyze.add_argument("--scheduler", metavar="ADDRESS", help="a Dask scheduler, e.g. tcp://host:8786 (default: a LocalCluster)")
     analyze.add_argument("--workers", type=int, help="LocalCluster workers (default: one per core)")

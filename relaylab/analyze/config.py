@@ -18,6 +18,7 @@ from sklearn.decomposition import PCA
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.random_projection import GaussianRandomProjection
 
+from ..compute import check_device
 from ..errors import RelaylabError
 from .graph import Affinity
 from .preprocess import ChannelReduce, Flatten, Normalize, Pool
@@ -135,7 +136,7 @@ def build_spray(config: dict) -> SpRAy:
             embeddings[name] = EMBEDDINGS[name](rs, **(params or {}))
         from .knn import KNNGraph
 
-        device = config.get("device", "cpu")  # the kNN search, Laplacian and eigensolver run there; the rest on the CPU
+        device = check_device(config.get("device", "cpu"), where)  # the kNN search, Laplacian and eigensolver run there; the rest on the CPU
         return SpRAy(preprocessing=make_pipeline(*steps), knn=KNNGraph(random_state=rs, **{"device": device, **config["knn"]}),
                      affinity=Affinity(**config["affinity"]),
                      spectral=SpectralEmbedding(random_state=rs, **{"device": device, **config["spectral"]}),

@@ -77,7 +77,8 @@ import scipy.sparse as sp
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from .backend import array_namespace, check_device, to_numpy
+from ..compute import device_kind
+from .backend import array_namespace, to_numpy
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,7 @@ class KNNGraph(TransformerMixin, BaseEstimator):
     method : "exact", "approximate" (pynndescent) or "auto" (exact up to `exact_max_samples` samples).
     chunk_size : rows per query block and per reference block of the exact search; None chooses it from
         `MEMORY_BUDGET` of the device (about 4,096 rows for float32 on "cpu").
-    device : "cpu" (NumPy) or "cuda" (CuPy, the relaylab[gpu] extra) for the exact search; pynndescent runs on CPU.
+    device : "cpu" (NumPy) or "cuda" / "cuda:N" (CuPy, the relaylab[gpu] extra) for the exact search; pynndescent runs on CPU.
     metric : "euclidean" (the distance of CoRelAy's SpRAy).
     random_state : seed of pynndescent's random projection trees and NN-descent.
     exact_max_samples : largest n that method="auto" searches exactly; None takes `EXACT_MAX_SAMPLES[device]`.
@@ -137,7 +138,7 @@ class KNNGraph(TransformerMixin, BaseEstimator):
                              f"others); got {n} samples. Lower n_neighbors or analyse a larger group.")
         dtype = _compute_dtype(X.dtype)
         mean = _finite_mean(X, self.device)
-        limit = self.exact_max_samples if self.exact_max_samples is not None else EXACT_MAX_SAMPLES[self.device]
+        limit = self.exact_max_samples if self.exact_max_samples is not None else EXACT_MAX_SAMPLES[device_kind(self.device)]
         method = self.method if self.method != "auto" else ("exact" if n <= limit else "approximate")
         log.info("kNN graph of %d samples x %d features, k=%d: %s search on %s", n, d, k, method,
                  self.device if method == "exact" else "cpu (pynndescent)")
@@ -184,8 +185,8 @@ class KNNGraph(TransformerMixin, BaseEstimator):
     def _check_params(self):
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {', '.join(METHODS)}, not {self.method!r}")
-        if check_device(self.device) == "cuda":
-            array_namespace("cuda")  # fail now, not after a pass over the data, when CuPy is missing
+        if device_kind(self.device) == "cuda":
+            array_namespace(self.device)  # fail now, not after a pass over the data, when CuPy is missing
         if self.metric not in METRICS:
             raise ValueError(f"metric must be one of {', '.join(METRICS)}, not {self.metric!r}")
         if not _is_int(self.n_neighbors, 1):
@@ -199,7 +200,7 @@ class KNNGraph(TransformerMixin, BaseEstimator):
     def _chunk_rows(self, n, d, dtype):
         if self.chunk_size is not None:
             return int(min(self.chunk_size, n))
-        return auto_chunk_size(n, d, dtype, MEMORY_BUDGET[self.device])
+        return auto_chunk_size(n, d, dtype, MEMORY_BUDGET[device_kind(self.device)])
 
     def _approximate(self, X, k, dtype, mean):
         """pynndescent on the CPU; its distances are then recomputed in `dtype` like the exact ones."""
@@ -268,7 +269,7 @@ def exact_kneighbors(queries, references, k: int, chunk_size: int, device: str =
     xp = array_namespace(device)
     dtype = np.dtype(dtype)
     final_k, gemm = k, None
-    if device == "cuda" and dtype == np.float32 and (gemm := _tf32_gemm()) is not None:
+    if device_kind(device) == "cuda" and dtype == np.float32 and (gemm := _tf32_gemm()) is not None:
         k = min(2 * k, references.shape[0] - exclude_self)  # TF32 candidates, oversampled; ranked exactly below
     center = xp.asarray(np.zeros(references.shape[1]) if mean is None else to_numpy(mean), dtype=dtype)
     stream = _is_dask(references)
@@ -278,7 +279,7 @@ def exact_kneighbors(queries, references, k: int, chunk_size: int, device: str =
     out_i = np.empty((n_q, final_k), dtype=np.int64)
     out_d = np.empty((n_q, final_k), dtype=dtype)
     ref_blocks = [(a, min(a + chunk_size, n_r)) for a in range(0, n_r, chunk_size)]
-    refine_rows = max(1, MEMORY_BUDGET[device] // (4 * k * references.shape[1] * dtype.itemsize))
+    refine_rows = max(1, MEMORY_BUDGET[device_kind(device)] // (4 * k * references.shape[1] * dtype.itemsize))
     # two block-sized work buffers, reused: fresh 64 MB arrays cost page faults on every block
     space = xp.empty(2 * min(chunk_size, n_q) * min(chunk_size, n_r), dtype=dtype)
     for q0 in range(0, n_q, chunk_size):
@@ -420,7 +421,7 @@ def _is_dask(X) -> bool:
 def _as_2d(X, device):
     if type(X).__module__.split(".")[0] == "xarray":
         X = X.data
-    if not _is_dask(X) and not (device == "cuda" and type(X).__module__.split(".")[0] == "cupy"):
+    if not _is_dask(X) and not (device_kind(device) == "cuda" and type(X).__module__.split(".")[0] == "cupy"):
         X = np.asarray(X)
     if X.ndim != 2:
         raise ValueError(f"KNNGraph needs a 2-D (samples, features) array; got shape {tuple(X.shape)}. "

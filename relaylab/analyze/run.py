@@ -15,6 +15,7 @@ import numpy as np
 import xarray as xr
 from tqdm.auto import tqdm
 
+from ..compute import dask_client
 from ..data import store as zstore
 from ..data.dims import SAMPLE
 from ..data.project import open_project
@@ -86,32 +87,28 @@ def analyze(project_path: str | Path, name: str, config: dict, *, scheduler: str
                   f"and {config['spectral'].get('n_components', 32)} eigenvectors need"
                for c, rows in groups.items() if len(rows) < small}
     attrs = {"config": config_fingerprint(config), "attribution": attribution, "grouping": config["grouping"]}
-    done = zstore.begin_analysis(store, name, attrs)
-    todo = [c for c in groups if c not in done and c not in skipped]
-    log.info("%s: %d categories to analyse, %d done before, %d skipped", name, len(todo), len(done), len(skipped))
+    writer = zstore.begin_analysis(store, name, attrs)
+    todo = [c for c in writer.pending(groups) if c not in skipped]
+    log.info("%s: %d categories to analyse, %d done before, %d skipped", name, len(todo), len(writer.done), len(skipped))
     if todo:
-        run_tasks(store, name, attribution, {c: groups[c] for c in todo}, config, scheduler, n_workers, progress)
-    zstore.update_group_meta(store, f"analyses/{name}", skipped=skipped)
-    zstore.finish_analysis(store, name)
-    return {"done": sorted(set(done) | set(todo)), "skipped": skipped}
+        run_tasks(writer, attribution, {c: groups[c] for c in todo}, config, scheduler, n_workers, progress)
+    writer.finish(skipped=skipped)
+    return {"done": sorted(writer.done), "skipped": skipped}
 
 
-def run_tasks(store, name, attribution, groups, config, scheduler, n_workers, progress) -> None:
-    from distributed import Client, LocalCluster, as_completed
+def run_tasks(writer: zstore.AnalysisWriter, attribution: str, groups: dict[str, np.ndarray], config: dict,
+              scheduler: str | None, n_workers: int | None, progress: bool) -> None:
+    """One Dask task per category, largest first, each committed as it finishes."""
+    from distributed import as_completed
 
-    cluster = None if scheduler else LocalCluster(n_workers=n_workers, threads_per_worker=1, dashboard_address=None,
-                                                  processes=True)
-    try:
-        with Client(scheduler or cluster) as client:
-            largest_first = sorted(groups, key=lambda c: -len(groups[c]))
-            futures = {client.submit(run_category, store, attribution, groups[c], config, key=f"spray-{name}-{c}", pure=False): c
-                       for c in largest_first}
-            with tqdm(total=len(futures), desc=f"analyses/{name}", unit="category", disable=not progress) as bar:
-                for future in as_completed(futures):
-                    category = futures[future]
-                    zstore.write_category(store, name, category, future.result())
-                    bar.set_postfix_str(category)
-                    bar.update()
-    finally:
-        if cluster is not None:
-            cluster.close()
+    store = str(writer.path)
+    with dask_client(scheduler, store, local=True, n_workers=n_workers) as client:
+        largest_first = sorted(groups, key=lambda c: -len(groups[c]))
+        futures = {client.submit(run_category, store, attribution, groups[c], config, key=f"spray-{writer.name}-{c}", pure=False): c
+                   for c in largest_first}
+        with tqdm(total=len(futures), desc=writer.group, unit="category", disable=not progress) as bar:
+            for future in as_completed(futures):
+                category = futures[future]
+                writer.commit(category, future.result())
+                bar.set_postfix_str(category)
+                bar.update()

@@ -28,10 +28,10 @@ from PIL import Image
 from xarray.backends import BackendArray, BackendEntrypoint
 from xarray.core import indexing
 
+from ..compute import usable_cores
 from ..errors import Problem, RelaylabError
 from .dims import CLASS, IMAGE_DIMS, SAMPLE
 from .labels import load_label_map
-from .store import usable_cores
 
 log = logging.getLogger(__name__)
 

@@ -88,7 +88,7 @@ def cmd_activations(args: argparse.Namespace) -> int:
 
     pool = None if args.no_pool else tuple(args.pool)
     group = activations(args.project, layers=args.layers, name=args.name, pool=pool, top_k=args.top_k, batch_size=args.batch_size,
-                        device=args.device, progress=not args.quiet)
+                        device=args.device, scheduler=args.scheduler, progress=not args.quiet)
     print(f"wrote {group} ({len(args.layers)} layers) in {args.project}")
     return 0
 
@@ -177,7 +177,7 @@ def add_commands(commands) -> None:
                            help="which class to explain: predicted_label (default), true_label, or a class index")
     attribute.add_argument("--layer", help="the layer of gradcam, layercam and guided_gradcam (`relaylab layers` lists them)")
     attribute.add_argument("--batch-size", type=int, default=64, help="samples per forward/backward pass (default: 64)")
-    attribute.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    attribute.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     attribute.add_argument("--scheduler", metavar="ADDRESS", help="a Dask scheduler, e.g. tcp://host:8786 (default: this process)")
     attribute.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     attribute.set_defaults(run=cmd_attribute)
@@ -188,7 +188,8 @@ def add_commands(commands) -> None:
                     "one group per layer with activation (sample, channel, y, x), adaptive-average-pooled to --pool\n"
                     "(flat layers: (sample, feature)), and top_k with each sample's --top-k classes (top_class) and\n"
                     "softmax probabilities (top_score). The explorer's per-layer views and\n"
-                    "`relaylab.analyze.activations` read them. A killed run resumes when run again.")
+                    "`relaylab analyze-layers` read them. A killed run resumes when run again with the same arguments.\n"
+                    "--scheduler spreads blocks of samples over a Dask cluster's workers.")
     activations.add_argument("project", type=Path, metavar="PROJECT")
     activations.add_argument("--layers", nargs="+", required=True, metavar="LAYER", help="layer names (`relaylab layers` lists them)")
     activations.add_argument("--name", default="activations", help="activation set name (default: activations)")
@@ -196,6 +197,7 @@ def add_commands(commands) -> None:
     activations.add_argument("--no-pool", action="store_true", help="store spatial activations at full size")
     activations.add_argument("--top-k", type=int, default=10, help="top classes kept per sample (default: 10)")
     activations.add_argument("--batch-size", type=int, default=64, help="samples per forward pass (default: 64)")
-    activations.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    activations.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+    activations.add_argument("--scheduler", metavar="ADDRESS", help="a Dask scheduler, e.g. tcp://host:8786 (default: this process)")
     activations.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     activations.set_defaults(run=cmd_activations)

@@ -27,6 +27,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 from xarray.core import indexing
 
+from ..compute import usable_cores
 from ..data import store as zstore
 from ..data.dims import IMAGE_DIMS, SAMPLE
 from ..data.imagedir import READ_ERRORS, ImageFilesArray
@@ -216,7 +217,7 @@ def ingest(folder: str | os.PathLike, out: str | os.PathLike, *, size: tuple[int
     listed = listed_files(folder, classes)
 
     paths = [str(folder / rel) for _, rel in listed]
-    with ThreadPoolExecutor(max_workers=zstore.usable_cores()) as pool:
+    with ThreadPoolExecutor(max_workers=usable_cores()) as pool:
         reasons = list(tqdm(pool.map(scan_problem, paths), total=len(paths), desc="checking images", unit="image",
                             disable=not progress, leave=False))
     skipped = [{"path": rel, "reason": reason} for (_, rel), reason in zip(listed, reasons) if reason is not None]

@@ -12,31 +12,28 @@ on that Dask cluster's workers, each loading the model once, while this process 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import uuid
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import dask
-import dask.array as da
 import numpy as np
 import torch
 import xarray as xr
-import zarr
 from tqdm.auto import tqdm
 
 from .. import __version__
+from ..compute import dask_client
 from ..data import store as zstore
 from ..data.dims import CLASS, SAMPLE
 from ..errors import RelaylabError
 from .attribution import Explainer
 from .methods import STRATEGIES, attribution_channels, check_method
-from .models import ModelSpec, check_device, check_layers, input_bounds, list_layers, load_model, model_spec_of, preprocess
+from .models import ModelSpec, check_layers, input_bounds, list_layers, load_model, model_spec_of, preprocess, torch_device
 
 log = logging.getLogger(__name__)
 
@@ -161,52 +158,34 @@ def activation_block(job: Job, start: int, stop: int) -> dict[str, np.ndarray]:
 # --------------------------------------------------------------------------------------------- where blocks run
 
 
-class Remote:
-    """Blocks computed on a Dask cluster: the next `window` unfinished blocks are always in flight, results are
-    fetched in the order the writer asks for them."""
-
-    def __init__(self, client, compute: Callable, job: Job, blocks: list[tuple[int, int]], todo: list[int], tag: str):
-        self.client, self.compute, self.job, self.blocks, self.todo, self.tag = client, compute, job, blocks, todo, tag
-        self.window = max(2, 2 * sum(client.nthreads().values()))
-        self.futures: dict = {}
-
-    def __call__(self, b: int) -> dict[str, np.ndarray]:
-        position = self.todo.index(b) if b in self.todo else None
-        ahead = self.todo[position:position + self.window] if position is not None else [b]
-        for nb in ahead:
-            if nb not in self.futures:
-                start, stop = self.blocks[nb]
-                self.futures[nb] = self.client.submit(self.compute, self.job, start, stop, key=f"{self.tag}-{nb}", pure=False)
-        return self.futures.pop(b).result()
+def run_blocks(writer: zstore.SampleGroupWriter, compute: Callable[[Job, int, int], dict[str, np.ndarray]], job: Job, *,
+               client, progress: bool) -> None:
+    """Compute every block `writer` still lacks with `compute(job, start, stop)` and commit them in order, then
+    finish the group. Blocks run in this process (`client` None), or on a Dask cluster's workers (a window of
+    blocks in flight, each worker loading the model once) while this process writes them."""
+    todo = writer.pending()
+    bounds = [(writer.rows_of(b).start, writer.rows_of(b).stop) for b in todo]
+    with tqdm(total=writer.n, initial=writer.n - sum(stop - start for start, stop in bounds), unit="sample", desc=writer.group,
+              disable=not progress, leave=False) as bar:
+        results = (in_order(client, compute, job, bounds, f"{writer.group}-{uuid.uuid4().hex[:8]}") if client is not None
+                   else (compute(job, start, stop) for start, stop in bounds))
+        for b, (start, stop), values in zip(todo, bounds, results):
+            writer.commit(b, values)
+            bar.update(stop - start)
+    writer.finish()
 
 
-def connect(scheduler: str | None, where: str):
-    """A Dask client for `scheduler`, or None to run in this process; an unreachable scheduler is an error."""
-    if not scheduler:
-        return None
-    from distributed import Client
-
-    try:
-        return Client(scheduler, timeout="20s")
-    except (OSError, TimeoutError, ValueError) as error:
-        raise RelaylabError.at(where, "scheduler", "the address of a running Dask scheduler, e.g. tcp://host:8786",
-                               f"{scheduler!r}: {type(error).__name__}: {error}") from None
-
-
-def block_slices(n: int, rows: int) -> list[tuple[int, int]]:
-    return [(start, min(n, start + rows)) for start in range(0, n, rows)] or [(0, 0)]
-
-
-def pending_blocks(path: Path, group: str, n_blocks: int) -> list[int]:
-    """Blocks a (possibly killed) earlier run has not finished."""
-    root = zarr.open_group(str(path), mode="r", zarr_format=3)
-    meta = zstore.group_meta(root, group)
-    if meta is None:
-        return list(range(n_blocks))
-    if meta.get("status") == "complete":
-        return []
-    key = zstore.progress_key(group)
-    return np.flatnonzero(~root[key][:]).tolist() if key in root else list(range(n_blocks))
+def in_order(client, compute: Callable, job: Job, bounds: list[tuple[int, int]], tag: str) -> Iterator[dict[str, np.ndarray]]:
+    """Results of `compute(job, start, stop)` for each block, in order, computed on the cluster with the next
+    `window` blocks always in flight."""
+    window = max(2, 2 * sum(client.nthreads().values()))
+    submit = lambda i: client.submit(compute, job, *bounds[i], key=f"{tag}-{i}", pure=False)  # noqa: E731
+    futures = deque(submit(i) for i in range(min(window, len(bounds))))
+    for i in range(len(bounds)):
+        result = futures.popleft().result()
+        if i + window < len(bounds):
+            futures.append(submit(i + window))
+        yield result
 
 
 # --------------------------------------------------------------------------------------------------- validation
@@ -231,7 +210,7 @@ def check_common(store_path, *, name: str, kind: str, batch_size: int, device: s
         raise RelaylabError.at(where, f"{kind}/{name}", "a set name without '/' that does not start with '_' or '.'", repr(name))
     if not isinstance(batch_size, int) or batch_size < 1:
         raise RelaylabError.at(where, "batch_size", "a positive number of samples per batch", repr(batch_size))
-    check_device(device)
+    torch_device(device)
     spec = model_spec_of(path)
     inputs = zstore.open_group(path, "inputs", chunks=None)
     shape = tuple(int(inputs.sizes[d]) for d in ("channel", "y", "x"))
@@ -248,8 +227,13 @@ def check_common(store_path, *, name: str, kind: str, batch_size: int, device: s
 
 
 def provenance(checked: Checked, **settings) -> dict:
+    """How a group was made. zennit's version is part of it: its batch-norm merging changed numerically between
+    releases, so a job resumed under another release is refused rather than mixing the two."""
+    from importlib.metadata import version
+
     spec = checked.spec
-    return {"model": spec.model, "weights": spec.weights or "", "canonizer": spec.canonizer, **settings, "created_by": f"relaylab {__version__}"}
+    return {"model": spec.model, "weights": spec.weights or "", "canonizer": spec.canonizer, **settings,
+            "zennit": version("zennit"), "created_by": f"relaylab {__version__}"}
 
 
 # ------------------------------------------------------------------------------------------------------ the jobs
@@ -277,52 +261,35 @@ def attribute(store_path: str | os.PathLike, *, name: str = "lrp", method: str =
         if not shape or len(shape[0]["output_shape"]) != 3:
             raise RelaylabError.at(where, "layer", f"a layer with a spatial output (C, h, w) for {method}",
                                    f"{layer!r} with output {shape[0]['output_shape'] if shape else 'none'}")
-    n = inputs.sizes[SAMPLE]
     channels, height, width = checked.spec.input_shape
-    group = f"attributions/{name}"
     attrs = provenance(checked, method=method, strategy=target if isinstance(target, str) else int(target), layer=layer or "",
                        batch_size=batch_size, device=device)
     job = Job(str(path), checked.spec.to_dict(), device, batch_size, method=method,
               target=target if isinstance(target, str) else int(target), layer=layer)
-    shapes = {"attribution": ((SAMPLE, "channel", "y", "x"), (attribution_channels(method, channels), height, width)),
-              "prediction": ((SAMPLE, CLASS), (checked.n_classes,))}
-    ds = lazy_dataset(inputs, shapes, attrs)
-    rows = zstore.block_rows(ds)
-    blocks = block_slices(n, rows)
-    client = connect(scheduler, where)
-    try:
-        compute = (Remote(client, attribution_block, job, blocks, pending_blocks(path, group, len(blocks)), f"attribute-{name}-{uuid.uuid4().hex[:8]}")
-                   if client else lambda b: attribution_block(job, *blocks[b]))
-        ds = lazy_dataset(inputs, shapes, attrs, compute=compute, blocks=blocks)
-        log.info("attributing %d samples with %s (%s) into %s", n, method, target, group)
-        zstore.write_dataset(path, group, ds, kind="attributions", attrs=attrs, rows=rows, progress=progress)
-    finally:
-        if client is not None:
-            client.close()
+    template = placeholders(inputs, {"attribution": ((SAMPLE, "channel", "y", "x"), (attribution_channels(method, channels), height, width),
+                                                     np.float32, {}),
+                                     "prediction": ((SAMPLE, CLASS), (checked.n_classes,), np.float32, {})}, attrs)
+    group = f"attributions/{name}"
+    log.info("attributing %d samples with %s (%s) into %s", inputs.sizes[SAMPLE], method, target, group)
+    with dask_client(scheduler, where) as client, \
+            zstore.begin_samples(path, group, template, kind="attributions", attrs=attrs, rows=zstore.block_rows(template)) as writer:
+        run_blocks(writer, attribution_block, job, client=client, progress=progress)
     return group
 
 
-def lazy_dataset(inputs: xr.Dataset, shapes: dict, attrs: dict, *, compute: Callable[[int], dict] | None = None,
-                 blocks: list[tuple[int, int]] | None = None) -> xr.Dataset:
-    """A Dataset with the inputs' sample and label coordinates whose variables are computed block by block by
-    `compute(b)` (one call per block for all variables); without `compute`, empty placeholders of the same shapes."""
+def placeholders(inputs: xr.Dataset, variables: dict[str, tuple], attrs: dict | None = None) -> xr.Dataset:
+    """A Dataset along the inputs' samples (with their sample and label coordinates) whose variables, name →
+    (dims, per-sample shape, dtype, attrs), are empty lazy arrays: the layout of a group a job will compute."""
+    import dask.array as da
+
     n = inputs.sizes[SAMPLE]
-    variables = {}
-    if compute is None:
-        for var, (dims, shape) in shapes.items():
-            variables[var] = (dims, da.empty((n, *shape), dtype=np.float32))
-    else:
-        results = [dask.delayed(compute, pure=True)(b, dask_key_name=f"block-{b}-{id(compute)}") for b in range(len(blocks))]
-        for var, (dims, shape) in shapes.items():
-            parts = [da.from_delayed(result[var], shape=(stop - start, *shape), dtype=np.float32)
-                     for result, (start, stop) in zip(results, blocks)]
-            variables[var] = (dims, da.concatenate(parts, axis=0))
     coords = {SAMPLE: inputs[SAMPLE].values, "label": inputs["label"].variable.load()}
-    return xr.Dataset(variables, coords=coords, attrs=attrs)
+    return xr.Dataset({var: (dims, da.empty((n, *shape), dtype=dtype), var_attrs) for var, (dims, shape, dtype, var_attrs) in variables.items()},
+                      coords=coords, attrs=attrs or {})
 
 
 def activations(store_path: str | os.PathLike, *, layers: list[str], name: str = "activations", pool: tuple[int, int] | None = (4, 4),
-                top_k: int = 10, batch_size: int = 64, device: str = "cpu", progress: bool = True) -> str:
+                top_k: int = 10, batch_size: int = 64, device: str = "cpu", scheduler: str | None = None, progress: bool = True) -> str:
     """Write activations/<name>/<layer>/activation (adaptive-avg-pooled to `pool` for spatial layers, (sample,
     feature) for flat ones) and activations/<name>/top_k (top_class, top_score = softmax); returns the group."""
     where = str(store_path)
@@ -356,59 +323,7 @@ def activations(store_path: str | os.PathLike, *, layers: list[str], name: str =
     job = Job(str(checked.path), checked.spec.to_dict(), device, batch_size, layers=tuple(layers),
               pool=tuple(pool) if pool else None, top_k=top_k)
     group = f"activations/{name}"
-    write_group_of_groups(checked.path, group, checked.inputs, datasets, attrs, lambda start, stop: activation_block(job, start, stop),
-                          kind="activations", progress=progress)
+    children = {child: placeholders(checked.inputs, variables) for child, variables in datasets.items()}
+    with dask_client(scheduler, where) as client, zstore.begin_samples(checked.path, group, children, kind="activations", attrs=attrs) as writer:
+        run_blocks(writer, activation_block, job, client=client, progress=progress)
     return group
-
-
-def write_group_of_groups(path: Path, group: str, inputs: xr.Dataset, datasets: dict[str, dict], attrs: dict,
-                          compute: Callable[[int, int], dict[str, np.ndarray]], *, kind: str, progress: bool) -> None:
-    """Several sample-wise child groups computed together, one block at a time (`compute(start, stop)` returns
-    "child/variable" → values), with the store's resumable layout: shared block rows, progress per block in
-    `_progress`, status "complete" on the parent once every block is written."""
-    n = inputs.sizes[SAMPLE]
-    coords = {SAMPLE: inputs[SAMPLE].values, "label": inputs["label"].variable.load()}
-    templates = {child: xr.Dataset({var: (dims, da.empty((n, *shape), dtype=dtype), var_attrs)
-                                    for var, (dims, shape, dtype, var_attrs) in variables.items()}, coords=coords)
-                 for child, variables in datasets.items()}
-    rows = min(zstore.block_rows(ds) for ds in templates.values())
-    stamp = hashlib.sha256(json.dumps({"attrs": attrs, "children": {c: zstore.fingerprint(ds, rows) for c, ds in templates.items()}},
-                                      sort_keys=True, default=str).encode()).hexdigest()[:16]
-    blocks = block_slices(n, rows)
-    root = zarr.open_group(str(path), mode="r+", zarr_format=3)
-    meta = zstore.resumable_meta(path, root, group, stamp, "a set written with the same layers and settings, to resume it",
-                                 "one written with other settings; delete it or choose another name")
-    if meta is not None and meta.get("status") == "complete":
-        return
-    if meta is None:
-        root.create_group(group, overwrite=True)
-        for child, ds in templates.items():
-            ds.to_zarr(str(path), group=f"{group}/{child}", mode="w", compute=False, encoding=shared_encoding(ds, rows),
-                       consolidated=False, zarr_format=3)
-        root = zarr.open_group(str(path), mode="r+", zarr_format=3)
-        zstore.begin_blocks(root, group, len(blocks), {"kind": kind, "fingerprint": stamp, "block_rows": rows, **attrs})
-    done = root[zstore.progress_key(group)]
-    todo = np.flatnonzero(~done[:]).tolist()
-    with tqdm(total=n, initial=n - sum(blocks[b][1] - blocks[b][0] for b in todo), unit="sample", desc=group,
-              disable=not progress, leave=False) as bar:
-        for b in todo:
-            start, stop = blocks[b]
-            values = compute(start, stop)
-            for key, value in values.items():
-                root[f"{group}/{key}"][start:stop] = value
-            done[b] = True
-            bar.update(stop - start)
-    zstore.finish_blocks(root, group)
-
-
-def shared_encoding(ds: xr.Dataset, rows: int) -> dict:
-    """The store's encoding with shards of `rows` samples (shared by all children, so one block is whole shards in
-    each) and inner chunks shrunk to divide them."""
-    encoding = zstore.zarr_encoding(ds, rows)
-    for settings in encoding.values():
-        if "shards" in settings:
-            inner = settings["chunks"][0]
-            while rows % inner:
-                inner -= 1
-            settings["chunks"] = (inner, *settings["chunks"][1:])
-    return encoding

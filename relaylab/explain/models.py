@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..compute import check_device, gpu_index
 from ..data import store as zstore
 from ..errors import Problem, RelaylabError
 
@@ -198,26 +199,27 @@ def _load_weights(model: nn.Module, spec: ModelSpec) -> None:
     log.info("loaded %s into %s", path, spec.model)
 
 
-def check_device(device: str) -> torch.device:
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise RelaylabError.at(SPEC_WHERE, "device", "'cpu' or 'cuda'", repr(device))
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RelaylabError.at(SPEC_WHERE, "device", "a CUDA device (torch.cuda.is_available())",
-                               f"none: torch {torch.__version__} sees no GPU; use --device cpu")
+def torch_device(device: str) -> torch.device:
+    """The torch device of a device name (`relaylab.compute.check_device`), once torch sees that GPU."""
+    index = gpu_index(check_device(device, SPEC_WHERE))
+    if index is not None and index >= torch.cuda.device_count():
+        found = (f"{torch.cuda.device_count()} GPUs (cuda:0…cuda:{torch.cuda.device_count() - 1})" if torch.cuda.is_available()
+                 else f"none: torch {torch.__version__} sees no GPU; use --device cpu")
+        raise RelaylabError.at(SPEC_WHERE, "device", f"a CUDA device torch sees ({device})", found)
     return torch.device(device)
 
 
 def load_model(spec: ModelSpec, device: str = "cpu") -> nn.Module:
     """Build, load weights, move to `device`, eval mode; then one dummy forward of `input_shape`, so a model that
     rejects the input size fails here with the model's own message instead of in the middle of a job."""
-    torch_device = check_device(device)
+    on = torch_device(device)
     model = _build(spec)
     if spec.weights is not None:
         _load_weights(model, spec)
-    model = model.eval().to(torch_device)
+    model = model.eval().to(on)
     try:
         with torch.no_grad():
-            output = model(torch.zeros((1, *spec.input_shape), device=torch_device))
+            output = model(torch.zeros((1, *spec.input_shape), device=on))
     except Exception as error:
         message = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
         raise spec.error("input_shape",
