@@ -1,14 +1,29 @@
-"""Shared fixtures: real ViRelAy-format projects built in temporary folders."""
+"""Shared fixtures: real ViRelAy-format projects built in temporary folders, the demo built once per session, a Dask
+cluster shared by the tests that need one, and the command line run in-process (`cli`). Plain helpers are in
+tests/helpers.py.
+
+Tests that use the demo (`demo_store`) or a headless browser (`browser`) are marked `slow` here, by the fixture they
+use: `./dev test --fast` (pytest -m "not slow") leaves them out."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
 
 from relaylab.data.synthetic import Variant, write_virelay_project
+
+from .helpers import call_cli, run_cli  # noqa: F401  (run_cli: tests/test_grid.py still imports it from here)
+
+SLOW_FIXTURES = {"demo_store", "browser"}  # building the demo (a trained CNN, LRP, SpRAy); driving chromium
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture
@@ -22,9 +37,20 @@ def make_project(tmp_path):
     return make
 
 
-def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """The real `relaylab` command line, in a child process."""
-    return subprocess.run([sys.executable, "-m", "relaylab.cli", *map(str, args)], capture_output=True, text=True, cwd=cwd)
+@pytest.fixture
+def cli(capsys, monkeypatch):
+    """`cli(*args)`: `relaylab.cli.main` in this process, returning (returncode, stdout, stderr) like `run_cli`."""
+    monkeypatch.setenv("DASK_LOGGING__DISTRIBUTED", "warning")  # main sets it; restored afterwards
+    return partial(call_cli, capsys)
+
+
+@pytest.fixture(scope="session")
+def dask_cluster():
+    """A LocalCluster of two single-threaded worker processes, started once for the tests that compute on one."""
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        yield cluster
 
 
 @pytest.fixture(scope="session")

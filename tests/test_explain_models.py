@@ -1,67 +1,19 @@
 """Model specs: building, loading weights, rejecting what does not fit, listing layers, canonizers, preprocessing.
 
-Also home of the tiny real network and store that the other explain tests use (`TinyNet`, `make_store`)."""
+The tiny real network and store are tests/helpers.py's (`TinyNet`, `make_store`), shared with the other explain tests."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import xarray as xr
-from torch import nn
 
 from relaylab.data import store as zstore
 from relaylab.data.labels import label_map_from_entries
 from relaylab.errors import RelaylabError
 from relaylab.explain.models import ModelSpec, canonizers_for, input_bounds, list_layers, load_model, model_spec_of, preprocess, record_model
 
-TINY = "tests.test_explain_models:TinyNet"
-
-
-class TinyNet(nn.Module):
-    """Two convolutions and a linear layer; 16×16 inputs only (the linear layer fixes the size)."""
-
-    def __init__(self, n_classes: int = 5, bias: bool = False, batchnorm: bool = False):
-        super().__init__()
-        layers = [nn.Conv2d(3, 8, 3, padding=1, bias=bias)] + ([nn.BatchNorm2d(8)] if batchnorm else [])
-        layers += [nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 16, 3, padding=1, bias=bias), nn.ReLU(), nn.MaxPool2d(2)]
-        self.features = nn.Sequential(*layers)
-        self.classifier = nn.Linear(16 * 4 * 4, n_classes, bias=bias)
-
-    def forward(self, x):
-        return self.classifier(self.features(x).flatten(1))
-
-
-def save_weights(path: Path, seed: int = 0, **kwargs) -> Path:
-    torch.manual_seed(seed)
-    model = TinyNet(**kwargs)
-    if kwargs.get("batchnorm"):  # non-trivial statistics, so merging the batch norm changes the weights
-        model.features[1].running_mean.uniform_(-0.5, 0.5)
-        model.features[1].running_var.uniform_(0.5, 2.0)
-        model.features[1].weight.data.uniform_(0.5, 1.5)
-    torch.save(model.state_dict(), path)
-    return path
-
-
-def make_store(path: Path, *, n: int = 40, n_classes: int = 5, seed: int = 0, kwargs: dict | None = None,
-               mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3)) -> Path:
-    """A complete store of random uint8 3×16×16 images with a TinyNet spec and weights file beside it."""
-    rng = np.random.default_rng(seed)
-    label_map = label_map_from_entries([{"index": i, "word_net_id": f"n{i:08d}", "name": f"class {i}"} for i in range(n_classes)])
-    zstore.create_store(path, project={"name": "tiny", "model": TINY, "description": ""}, dataset={"name": "random"},
-                        label_map=label_map, source="test")
-    inputs = xr.Dataset({"input": (("sample", "channel", "y", "x"), rng.integers(0, 256, (n, 3, 16, 16), dtype=np.uint8))},
-                        coords={"sample": np.arange(n), "label": ("sample", rng.integers(0, n_classes, n))})
-    zstore.write_dataset(path, "inputs", inputs, kind="inputs", attrs={"name": "random", "value_range": [0.0, 255.0]}, progress=False)
-    kwargs = {"n_classes": n_classes, **(kwargs or {})}
-    save_weights(path.parent / "tiny.pt", seed, **kwargs)
-    record_model(path, ModelSpec(TINY, weights="tiny.pt", kwargs=kwargs, input_shape=(3, 16, 16), mean=mean, std=std,
-                                 base=str(path.parent)))
-    zstore.update_store_metadata(path, status="complete")
-    return path
-
+from .helpers import TINY, TinyNet, make_store, save_weights
 
 def test_spec_round_trips_and_defaults():
     spec = ModelSpec.from_dict({"model": "resnet18", "input_shape": [3, 32, 32]})
@@ -96,10 +48,10 @@ def test_torchvision_architecture_by_name():
 
 @pytest.mark.parametrize(("spec", "message"), [
     (ModelSpec("tests.no_such_module:Net", input_shape=(3, 16, 16)), "an importable module 'tests.no_such_module'"),
-    (ModelSpec("tests.test_explain_models:NoSuchNet", input_shape=(3, 16, 16)), "a callable 'NoSuchNet' in module 'tests.test_explain_models'"),
+    (ModelSpec("tests.helpers:NoSuchNet", input_shape=(3, 16, 16)), "a callable 'NoSuchNet' in module 'tests.helpers'"),
     (ModelSpec("resnet_18", input_shape=(3, 16, 16)), "did you mean resnet18"),
-    (ModelSpec(TINY, kwargs={"colour": 1}, input_shape=(3, 16, 16)), "keyword arguments that tests.test_explain_models:TinyNet accepts"),
-    (ModelSpec(TINY, input_shape=(3, 20, 20)), "input_shape: expected an input size tests.test_explain_models:TinyNet accepts"),
+    (ModelSpec(TINY, kwargs={"colour": 1}, input_shape=(3, 16, 16)), "keyword arguments that tests.helpers:TinyNet accepts"),
+    (ModelSpec(TINY, input_shape=(3, 20, 20)), "input_shape: expected an input size tests.helpers:TinyNet accepts"),
     (ModelSpec(TINY, input_shape=(1, 16, 16)), "[1, 16, 16]: "),
 ])
 def test_specs_that_cannot_work_are_rejected_by_name(spec, message):
