@@ -18,6 +18,7 @@ from relaylab.analyze import backend, knn
 from relaylab.analyze.knn import KNNGraph
 
 K = 10
+NUMBA = pytest.mark.slow  # pynndescent compiles its search with numba on first use in a process: ~40 s on 2 cores
 
 
 def brute_force(X, k=K):
@@ -163,6 +164,7 @@ def test_chunk_size_is_chosen_from_the_memory_budget():
 
 # -- approximate search ---------------------------------------------------------------------------------------------
 
+@NUMBA
 @pytest.mark.parametrize("make", [attribution_like_blobs, heatmap_images])
 def test_approximate_recall_against_exact(make):
     X = make()
@@ -177,6 +179,7 @@ def test_approximate_recall_against_exact(make):
     np.testing.assert_allclose(approximate.distances_, found, rtol=1e-5, atol=1e-6)
 
 
+@NUMBA
 def test_auto_chooses_by_size():
     X = clustered_data(n=150, d=8)
     assert KNNGraph(n_neighbors=K).fit(X).method_ == "exact"
@@ -185,6 +188,7 @@ def test_auto_chooses_by_size():
     assert recall(auto.indices_, brute_force(X)[0]) >= 0.95
 
 
+@NUMBA
 def test_approximate_keeps_duplicates_and_drops_self():
     X = clustered_data(n=400, d=8, seed=1)
     X[200:230] = X[0]
