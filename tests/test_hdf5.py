@@ -104,14 +104,13 @@ def test_opening_reads_no_array_data(make_project, monkeypatch):
         assert reads == ["data"] and sample.shape == (3, 16, 16)
 
 
-def test_arrays_pickle_and_compute_on_a_dask_cluster(make_project):
+def test_arrays_pickle_and_compute_on_a_dask_cluster(make_project, dask_cluster):
     distributed = pytest.importorskip("distributed")
     path = make_project(layout="hwc", n_samples=40)
     with open_project(path) as project:
         clone = pickle.loads(pickle.dumps(project.inputs))
         np.testing.assert_array_equal(clone["input"].values, project.inputs["input"].values)
-        with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
-                distributed.Client(cluster) as client:
+        with distributed.Client(dask_cluster) as client:
             total = client.compute(project.inputs["input"].astype("int64").sum(dim=("channel", "y", "x")).data).result()
         expected = as_chw(h5_read(path.parent / "dataset.h5", "data"), "hwc").astype(np.int64).sum(axis=(1, 2, 3))
         np.testing.assert_array_equal(total, expected)

@@ -13,7 +13,6 @@ from relaylab.data import store as zstore
 from relaylab.data.project import open_project
 from relaylab.errors import RelaylabError
 from relaylab.explain.ingest import ingest
-from tests.conftest import run_cli
 
 SIZE = (24, 32)  # (height, width): not square, so height and width cannot be swapped unnoticed
 
@@ -59,7 +58,7 @@ def expected(path, height, width, resize_to=None) -> np.ndarray:
     return np.asarray(rgb.crop((left, top, left + width, top + height))).transpose(2, 0, 1)
 
 
-def test_ingest_reads_back_what_pillow_computes(image_folder, tmp_path, caplog):
+def test_ingest_reads_back_what_pillow_computes(image_folder, tmp_path, caplog, cli):
     out = tmp_path / "project.zarr"
     with caplog.at_level(logging.WARNING, logger="relaylab.explain.ingest"):
         ingest(image_folder, out, size=SIZE, mean=(0.5, 0.4, 0.3), std=(0.2, 0.2, 0.25), progress=False)
@@ -89,7 +88,7 @@ def test_ingest_reads_back_what_pillow_computes(image_folder, tmp_path, caplog):
     assert dataset["preprocessing"]["height"] == SIZE[0] and dataset["preprocessing"]["width"] == SIZE[1]
     warned = " ".join(r.getMessage() for r in caplog.records)
     assert "d_truncated.jpg" in warned and "e_text.jpg" in warned
-    result = run_cli("validate", "-q", out)
+    result = cli("validate", "-q", out)
     assert result.returncode == 0, result.stdout + result.stderr
 
 

@@ -16,8 +16,6 @@ import pytest
 
 from relaylab.data.project import open_project
 
-from .conftest import run_cli
-
 VIRELAY_PYTHON = os.environ.get("RELAYLAB_VIRELAY_PYTHON")
 pytestmark = [pytest.mark.virelay,
               pytest.mark.skipif(not VIRELAY_PYTHON, reason="ViRelAy 0.6.1 environment not set up (RELAYLAB_VIRELAY_PYTHON)")]
@@ -69,10 +67,10 @@ def hwc(values):
 
 @pytest.mark.parametrize("fields", [dict(layout="hwc", attribution_files=2, analysis_files=2), dict(multi_label=True)],
                          ids=["single-label-split", "multi-label"])
-def test_export_from_a_zarr_store_loads_in_virelay(make_project, tmp_path, fields):
+def test_export_from_a_zarr_store_loads_in_virelay(make_project, tmp_path, cli, fields):
     source = make_project(**fields)
-    assert run_cli("convert", "-q", source, tmp_path / "p.zarr").returncode == 0
-    exported = run_cli("convert", "-q", "--to", "virelay", tmp_path / "p.zarr", tmp_path / "vr")
+    assert cli("convert", "-q", source, tmp_path / "p.zarr").returncode == 0
+    exported = cli("convert", "-q", "--to", "virelay", tmp_path / "p.zarr", tmp_path / "vr")
     assert exported.returncode == 0, exported.stderr
     indices = [0, 7, 33, 59]
     report = load_with_virelay(tmp_path / "vr" / "project.yaml", indices)
