@@ -1,42 +1,58 @@
-"""`relaylab analyze` and `relaylab score` on real Zarr stores with a real Dask LocalCluster."""
+"""`relaylab analyze` and `relaylab score` on real Zarr stores with a real Dask LocalCluster, in-process (conftest's
+`cli`). One test runs the command's own LocalCluster; the others share the session's cluster (`--scheduler`)."""
 
 from __future__ import annotations
+
+import shutil
 
 import h5py
 import numpy as np
 import pytest
 import yaml
 import zarr
+from sklearn.cluster import DBSCAN, AgglomerativeClustering
 
+from relaylab.analyze.config import build_spray, load_config
 from relaylab.analyze.score import score_analysis
+from relaylab.analyze.spray import SelectEigenvectors
+from relaylab.data import store as zstore
 from relaylab.data.convert import convert_to_zarr
 from relaylab.data.project import open_project
-
-from .conftest import run_cli
+from relaylab.data.synthetic import Variant, write_virelay_project
 
 CONFIG = {"spectral": {"n_components": 8}, "knn": {"n_neighbors": 8, "method": "exact"},
           "clusterings": {"kmeans": {"k": [2, 3]}, "hdbscan": {"min_cluster_size": 5, "eigenvectors": 4}}}
 
 
-@pytest.fixture
-def planted(make_project, tmp_path):
-    """A store whose class 0 has 12 of 100 samples explained by a corner artifact instead of the class pattern."""
-    path = make_project(n_samples=300, attribution_files=1)
+@pytest.fixture(scope="module")
+def planted_store(tmp_path_factory):
+    """A store whose class 0 has 12 of 100 samples explained by a corner artifact instead of the class pattern, and
+    the SpRAy configuration; written once for the module (tests get copies from `planted`)."""
+    folder = tmp_path_factory.mktemp("planted")
+    path = write_virelay_project(folder / "synthetic", Variant(n_samples=300, attribution_files=1), name="synthetic")
     with h5py.File(path.parent / "attribution-0.h5", "r+") as h5:
         attribution = h5["attribution"][()]
         marked = np.flatnonzero(np.arange(300) % 3 == 0)[:12]
         attribution[marked] *= 0.05
         attribution[marked, :, -4:, -4:] = 3.0
         h5["attribution"][...] = attribution
-    convert_to_zarr(path, tmp_path / "p.zarr", progress=False)
-    config = tmp_path / "spray.yaml"
+    convert_to_zarr(path, folder / "p.zarr", progress=False)
+    config = folder / "spray.yaml"
     config.write_text(yaml.safe_dump(CONFIG))
+    return folder / "p.zarr", config, marked
+
+
+@pytest.fixture
+def planted(planted_store, tmp_path):
+    """A copy of the module's planted store, for one test to write into: (store, config, marked samples)."""
+    store, config, marked = planted_store
+    shutil.copytree(store, tmp_path / "p.zarr")
     return tmp_path / "p.zarr", config, marked
 
 
-def test_analyze_isolates_a_planted_artifact_and_score_reports_it(planted, tmp_path):
+def test_analyze_isolates_a_planted_artifact_and_score_reports_it(planted, tmp_path, cli):
     store, config, marked = planted
-    result = run_cli("analyze", "-q", store, "--name", "spray", "--config", config, "--workers", "2",
+    result = cli("analyze", "-q", store, "--name", "spray", "--config", config, "--workers", "2",
                      "--export-virelay", tmp_path / "spray.h5")
     assert result.returncode == 0, result.stderr
     with open_project(store) as project:
@@ -56,15 +72,16 @@ def test_analyze_isolates_a_planted_artifact_and_score_reports_it(planted, tmp_p
         assert h5["n00000000/embedding/spectral"].attrs["eigenvalue"].shape == (8,)
     marked_file = tmp_path / "marked.json"
     marked_file.write_text(str(marked.tolist()))
-    scored = run_cli("score", store, "--analysis", "spray", "--marked", marked_file)
+    scored = cli("score", store, "--analysis", "spray", "--marked", marked_file)
     assert scored.returncode == 0, scored.stderr
     assert "n00000000 (class 0): 12 of 100 marked" in scored.stdout
     assert "kmeans-02          ARI 1.000" in scored.stdout
 
 
-def test_a_rerun_redoes_only_unfinished_categories_with_the_same_result(planted):
+def test_a_rerun_redoes_only_unfinished_categories_with_the_same_result(planted, cli, dask_cluster):
     store, config, _ = planted
-    assert run_cli("analyze", "-q", store, "--name", "spray", "--config", config, "--workers", "1").returncode == 0
+    command = ["analyze", "-q", store, "--name", "spray", "--config", config, "--scheduler", dask_cluster.scheduler_address]
+    assert cli(*command).returncode == 0
     with open_project(store) as project:
         first = {c: project.analyses["spray"][c]["embedding/spectral"]["embedding"].values for c in ("n00000000", "n00000001")}
     root = zarr.open_group(store, mode="r+")
@@ -73,7 +90,7 @@ def test_a_rerun_redoes_only_unfinished_categories_with_the_same_result(planted)
     with pytest.raises(Exception, match="status 'writing'"):
         open_project(store).analyses["spray"]
     before = (store / "analyses/spray/n00000000/embedding/spectral/embedding/zarr.json").stat().st_mtime_ns
-    again = run_cli("analyze", "-q", store, "--name", "spray", "--config", config, "--workers", "1")
+    again = cli(*command)
     assert again.returncode == 0, again.stderr
     assert (store / "analyses/spray/n00000000/embedding/spectral/embedding/zarr.json").stat().st_mtime_ns == before
     with open_project(store) as project:
@@ -81,50 +98,109 @@ def test_a_rerun_redoes_only_unfinished_categories_with_the_same_result(planted)
             np.testing.assert_array_equal(project.analyses["spray"][category]["embedding/spectral"]["embedding"].values, values)
 
 
-def test_analyze_on_a_given_scheduler(planted):
-    distributed = pytest.importorskip("distributed")
+def test_analyze_on_a_given_scheduler(planted, cli, dask_cluster):
     store, config, _ = planted
-    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=None) as cluster:
-        result = run_cli("analyze", "-q", store, "--name", "remote", "--config", config, "--grouping", "all",
-                         "--scheduler", cluster.scheduler_address)
+    result = cli("analyze", "-q", store, "--name", "remote", "--config", config, "--grouping", "all",
+                 "--scheduler", dask_cluster.scheduler_address)
     assert result.returncode == 0, result.stderr
     with open_project(store) as project:
         assert list(project.analyses["remote"].children) == ["all"]
         assert project.analyses["remote"]["all"]["index"].size == 300
 
 
-def test_unknown_step_and_small_categories(planted, tmp_path):
+def test_unknown_step_and_small_categories(planted, tmp_path, cli, dask_cluster):
     store, _, _ = planted
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"clusterings": {"spectral_magic": {}}}))
-    result = run_cli("analyze", "-q", store, "--name", "bad", "--config", bad)
+    result = cli("analyze", "-q", store, "--name", "bad", "--config", bad)
     assert result.returncode == 2 and "clusterings.spectral_magic: expected one of kmeans, hdbscan, dbscan, agglomerative" in result.stderr
     assert "bad" not in zarr.open_group(store)["analyses"]
     typo = tmp_path / "typo.yaml"
     typo.write_text(yaml.safe_dump({"knnn": {}}))
-    result = run_cli("analyze", "-q", store, "--config", typo)
+    result = cli("analyze", "-q", store, "--config", typo)
     assert result.returncode == 2 and "knnn: expected one of attribution, grouping" in result.stderr
     big = tmp_path / "big.yaml"
     big.write_text(yaml.safe_dump({**CONFIG, "spectral": {"n_components": 150}}))
-    result = run_cli("analyze", "-q", store, "--name", "big", "--config", big, "--workers", "1")
+    result = cli("analyze", "-q", store, "--name", "big", "--config", big, "--scheduler", dask_cluster.scheduler_address)
     assert result.returncode == 0, result.stderr
     assert "skipped n00000000: 100 samples, fewer than the 151 that 8 neighbours and 150 eigenvectors need" in result.stdout
 
 
-def test_analyze_needs_a_store(make_project):
-    result = run_cli("analyze", make_project())
+def test_analyze_needs_a_store(make_project, cli):
+    result = cli("analyze", make_project())
     assert result.returncode == 2 and "expected a relaylab Zarr store to write the analysis into" in result.stderr
 
 
-def test_score_reports_unreadable_marked_samples_clearly(make_project, tmp_path):
-    store = tmp_path / "p.zarr"
-    convert_to_zarr(make_project(), store, progress=False)
+def test_score_reports_unreadable_marked_samples_clearly(planted_store, tmp_path, cli):
+    store, _, _ = planted_store  # only read
     garbled = tmp_path / "marked.txt"
     garbled.write_text("3 seven 9")
-    result = run_cli("score", store, "--marked", garbled)
-    assert result.returncode == 2 and "Traceback" not in result.stderr
+    result = cli("score", store, "--marked", garbled)
+    assert result.returncode == 2
     assert f"{garbled}: expected sample indices: a JSON list, a .npy array or one integer per line" in result.stderr
-    missing = run_cli("score", store, "--marked", tmp_path / "absent.json")
+    missing = cli("score", store, "--marked", tmp_path / "absent.json")
     assert missing.returncode == 2 and "absent.json: expected sample indices" in missing.stderr
-    coord = run_cli("score", store, "--marked-coord", "artifact")
+    coord = cli("score", store, "--marked-coord", "artifact")
     assert coord.returncode == 2 and "inputs/artifact: expected a boolean coordinate of the inputs" in coord.stderr
+
+
+def test_predicted_label_grouping_follows_the_models_predictions(planted, cli, dask_cluster):
+    store, config, _ = planted
+    prediction = zarr.open_array(store / "attributions/lrp_epsilon_plus/prediction", mode="r+")
+    logits = prediction[...]
+    labels = zarr.open_array(store / "attributions/lrp_epsilon_plus/label", mode="r")[...]
+    rows = np.flatnonzero(np.arange(300) % 5 == 0)  # every fifth sample predicted as the next class instead of its own
+    logits[rows] = np.roll(logits[rows], 1, axis=1)
+    prediction[...] = logits
+    predicted = logits.argmax(axis=1)
+    assert (predicted != labels).sum() >= 50  # so grouping by prediction differs from grouping by label
+    result = cli("analyze", "-q", store, "--name", "predicted", "--config", config, "--grouping", "predicted_label",
+                 "--scheduler", dask_cluster.scheduler_address)
+    assert result.returncode == 0, result.stderr
+    assert zstore.group_meta(zarr.open_group(store, mode="r"), "analyses/predicted")["grouping"] == "predicted_label"
+    with open_project(store) as project:
+        tree = project.analyses["predicted"]
+        assert sorted(tree.children) == ["n00000000", "n00000001", "n00000002"]
+        for c in range(3):
+            node = tree[f"n{c:08d}"]
+            np.testing.assert_array_equal(np.sort(node["index"].values), np.flatnonzero(predicted == c))
+            assert node["embedding/spectral"]["embedding"].shape[0] == node["index"].size
+
+
+def test_dbscan_and_agglomerative_clusterings_built_from_the_config(planted, tmp_path, cli, dask_cluster):
+    store, _, marked = planted
+    config = tmp_path / "clusterings.yaml"
+    config.write_text(yaml.safe_dump({**CONFIG, "clusterings": {"dbscan": {"eps": 0.1, "min_samples": 5, "eigenvectors": 4},
+                                                                "agglomerative": {"k": [2, 3], "eigenvectors": 4}}}))
+    clusterings = build_spray(load_config(config)).clusterings
+    assert sorted(clusterings) == ["agglomerative-02", "agglomerative-03", "dbscan-eps=0.1"]
+    select, dbscan = clusterings["dbscan-eps=0.1"].steps
+    assert isinstance(select[1], SelectEigenvectors) and select[1].n == 4
+    assert type(dbscan[1]) is DBSCAN and dbscan[1].eps == 0.1 and dbscan[1].min_samples == 5
+    for k in (2, 3):
+        select, agglomerative = clusterings[f"agglomerative-{k:02d}"].steps
+        assert isinstance(select[1], SelectEigenvectors) and select[1].n == 4
+        assert type(agglomerative[1]) is AgglomerativeClustering and agglomerative[1].n_clusters == k
+
+    result = cli("analyze", "-q", store, "--name", "clusters", "--config", config, "--scheduler", dask_cluster.scheduler_address)
+    assert result.returncode == 0, result.stderr
+    with open_project(store) as project:
+        tree = project.analyses["clusters"]
+        for category, node in tree.children.items():
+            index, cluster = node["index"].values, node["cluster"].dataset
+            assert sorted(cluster.data_vars) == ["agglomerative-02", "agglomerative-03", "dbscan-eps=0.1"]
+            for name, labels in cluster.data_vars.items():
+                assert labels.dims == ("member",) and labels.size == index.size and labels.dtype.kind == "i", (category, name)
+            assert set(cluster["agglomerative-02"].values.tolist()) == {0, 1}
+            assert set(cluster["agglomerative-03"].values.tolist()) == {0, 1, 2}
+            dbscan_labels = cluster["dbscan-eps=0.1"].values
+            is_marked = np.isin(index, marked)
+            # at eps 0.1 only the artifact samples (all in class 0) are dense enough for a cluster; the rest is noise
+            assert (dbscan_labels[~is_marked] == -1).all(), category
+            if category == "n00000000":
+                assert is_marked.sum() == 12 and len(set(dbscan_labels[is_marked].tolist())) == 1
+                assert dbscan_labels[is_marked][0] >= 0
+                report = score_analysis(node, is_marked)["clusterings"]["agglomerative-03"]
+                assert report["precision"] == 1.0 and report["recall"] == 1.0  # one of the three clusters is exactly the artifact
+            else:
+                assert not is_marked.any()
