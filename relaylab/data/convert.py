@@ -8,6 +8,7 @@ import logging
 import os
 import shutil
 import tempfile
+from contextlib import ExitStack
 from pathlib import Path
 
 import dask.array as da
@@ -20,43 +21,12 @@ from tqdm.auto import tqdm
 from ..errors import Problem, RelaylabError
 from . import store as zstore
 from .hdf5 import Readahead, guess_value_range
-from .dims import CLASS, SAMPLE
+from .dims import SAMPLE
 from .labels import label_map_entries
 from .project import Project, open_project
+from .validate import analysis_index_problems, label_problems, nonfinite_problems, source_file
 
 log = logging.getLogger(__name__)
-
-
-def label_problems(labels: xr.DataArray, label_map: xr.Dataset, file: str, path: str) -> list[Problem]:
-    """Labels that name no class of the label map (integer labels), or n-hot vectors longer than it."""
-    classes = label_map[CLASS].values
-    if labels.ndim == 2:
-        hot = np.flatnonzero(np.asarray(labels.values, dtype=bool).any(axis=0))
-        unknown = np.setdiff1d(hot, classes)
-        if unknown.size:
-            return [Problem(file, path, "n-hot columns that are classes of the label map", f"columns {unknown[:5].tolist()} set")]
-        return []
-    values = np.asarray(labels.values)
-    bad = ~np.isin(values, classes)
-    if bad.any():
-        samples = labels[SAMPLE].values[bad][:5].tolist()
-        return [Problem(file, path, "labels that are class indices of the label map",
-                        f"{int(bad.sum())} outside it, e.g. {np.unique(values[bad])[:5].tolist()} at samples {samples}")]
-    return []
-
-
-def nonfinite_problems(values: xr.DataArray, file: str, path: str) -> list[Problem]:
-    """NaN/inf are reported with the samples that hold them, never passed on silently."""
-    flat = np.asarray(values.values).reshape(values.shape[0], -1)
-    bad = ~np.isfinite(flat).all(axis=1)
-    if bad.any():
-        samples = values[SAMPLE].values[bad][:5].tolist()
-        return [Problem(file, path, "finite values (no NaN or inf)", f"{int(bad.sum())} samples with NaN/inf, e.g. {samples}")]
-    return []
-
-
-def source_file(ds: xr.Dataset, var: str) -> str:
-    return str(ds[var].attrs.get("source_file") or ds.attrs.get("source_file") or ", ".join(ds.attrs.get("sources", [])))
 
 
 def convert_to_zarr(project_path: str | os.PathLike, out: str | os.PathLike, *, allow_nonfinite: bool = False,
@@ -131,17 +101,6 @@ def write_samples(project: Project, out: Path, *, allow_nonfinite: bool, compres
                                  progress=progress, attrs=provenance)
 
 
-def analysis_index_problems(tree: xr.DataTree, n_samples: int) -> list[Problem]:
-    problems = []
-    for category, node in tree.children.items():
-        index = np.asarray(node["index"].values)
-        if index.size and (index.max() >= n_samples):
-            file = node.attrs.get("source_file", "")
-            problems.append(Problem(file, f"/{category}/index", f"sample indices below the dataset size {n_samples}",
-                                    f"{index[index >= n_samples][:5].tolist()}"))
-    return problems
-
-
 # ----------------------------------------------------------------------------------------------- back to ViRelAy
 
 
@@ -159,14 +118,12 @@ def convert_to_virelay(project_path: str | os.PathLike, out: str | os.PathLike, 
     umask = os.umask(0)
     os.umask(umask)
     partial.chmod(0o777 & ~umask)  # mkdtemp makes it private (0700); the result is an ordinary folder
-    try:
-        with project:
-            write_virelay(project, partial, attribution, progress)
+    with ExitStack() as on_error, project:
+        on_error.callback(shutil.rmtree, partial, ignore_errors=True)
+        write_virelay(project, partial, attribution, progress)
         out.parent.mkdir(parents=True, exist_ok=True)
         partial.rename(out)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
+        on_error.pop_all()
     return out
 
 
@@ -235,12 +192,11 @@ def export_virelay_analysis(tree: xr.DataTree, path: str | os.PathLike) -> Path:
     """One analysis as a ViRelAy analysis HDF5 file, written beside and renamed into place."""
     path = Path(path)
     partial = path.with_name(f".{path.name}.partial")
-    try:
+    with ExitStack() as on_error:
+        on_error.callback(partial.unlink, missing_ok=True)
         write_virelay_analysis(tree, partial)
         partial.replace(path)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
+        on_error.pop_all()
     return path
 
 

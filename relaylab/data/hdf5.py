@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
+from contextlib import ExitStack
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -92,7 +93,7 @@ class H5Array(BackendArray):
 
     def _dataset(self):
         """The dataset (or group), looked up by name only when the file was (re)opened: `file[name]` costs
-        ~0.15 ms, as much as reading a few hundred KiB, and Dask reads one HDF5 chunk per task. Called under HDF5_LOCK."""
+        as much as reading a few hundred KiB, and Dask reads one HDF5 chunk per task. Called under HDF5_LOCK."""
         file = self.manager.acquire()
         cached = self._node
         if cached is None or cached[0] is not file or not cached[1].id.valid:
@@ -245,7 +246,8 @@ def open_virelay_dataset(path, kind: str = "auto", layout: str | None = None,
     file = str(path)
     open_h5(path).close()
     manager = CachingFileManager(h5py.File, file, mode="r")
-    try:
+    with ExitStack() as on_error:
+        on_error.callback(manager.close)
         h5 = manager.acquire()
         kind = detect_kind(h5, file) if kind == "auto" else kind
         if kind not in ("input", "attribution"):
@@ -273,9 +275,7 @@ def open_virelay_dataset(path, kind: str = "auto", layout: str | None = None,
                 variables["prediction"] = var
             coords[SAMPLE] = sample_index(h5, file, n)
         ds = xr.Dataset(variables, coords=coords, attrs=ds_attrs)
-    except BaseException:
-        manager.close()
-        raise
+        on_error.pop_all()
     ds.set_close(manager.close)
     return ds
 
@@ -285,9 +285,9 @@ class Readahead:
     the sources that HDF5 itself reads (compressed or oddly chunked: not `direct_ranges`).
 
     HDF5 reads a chunked dataset one chunk at a time, so a cold sequential copy waits on one disk request after
-    another (0.5-0.7 GB/s here); announcing the next block's chunks lets the disk serve them together (1.3-1.5 GB/s).
-    Only variables read row for row from one HDF5 dataset (attrs `source_file`, `source_path`) are announced; the
-    rest are read as before. Advice only: it never changes what is read.
+    another; announcing the next block's chunks lets the disk serve them together (about twice the rate,
+    `python -m benchmarks io --only convert`). Only variables read row for row from one HDF5 dataset (attrs
+    `source_file`, `source_path`) are announced; the rest are read through HDF5 alone. Advice only: it never changes what is read.
     """
 
     def __init__(self, ds: xr.Dataset):
@@ -303,7 +303,7 @@ class Readahead:
                 h5 = h5py.File(file, "r")
                 node = h5.get(path)
             # rows read straight from the file come in requests of many MB, which the kernel reads ahead by
-            # itself; announcing them costs ~10 ms per 32 MB block (the pages are allocated there and then)
+            # itself; announcing them (posix_fadvise) only adds work: the pages are allocated there and then
             if isinstance(node, h5py.Dataset) and node.shape[:1] == (n,) and direct_ranges(node, slice(0, 1)) is None:
                 self.sources.append((os.open(file, os.O_RDONLY), h5, node))
             else:
@@ -334,8 +334,8 @@ def direct_ranges(node: h5py.Dataset, rows: slice) -> list[tuple[int, int]] | No
     no filters (compression, shuffle, checksums), whole rows per chunk (or contiguous storage), native numbers, the
     default (sec2) driver and every chunk written. Else None, and the rows are read through HDF5.
 
-    Reading these ranges with `os.preadv` skips HDF5's per-chunk selection and copy, which limited a cold copy of
-    uncompressed 3x64x64 float32 samples to ~0.6 GB/s on a disk that reads 3.7 GB/s."""
+    Reading these ranges with `os.preadv` skips HDF5's per-chunk selection and copy, which limits a cold copy of
+    uncompressed samples to a fraction of the disk's read rate (`python -m benchmarks io --only convert`)."""
     dtype = node.dtype
     if dtype.kind not in "iufb" or not (dtype.isnative or dtype.itemsize == 1) or node.file.driver != "sec2" \
             or node.file.userblock_size:
@@ -490,11 +490,10 @@ def open_virelay_analysis(path) -> xr.DataTree:
     file = str(path)
     open_h5(path).close()
     manager = CachingFileManager(h5py.File, file, mode="r")
-    try:
+    with ExitStack() as on_error:
+        on_error.callback(manager.close)
         tree = xr.DataTree.from_dict(analysis_nodes(manager, file))
-    except BaseException:
-        manager.close()
-        raise
+        on_error.pop_all()
     tree.attrs["source_file"] = os.path.abspath(file)
     tree.set_close(manager.close)
     return tree

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import ExitStack
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,7 +113,7 @@ def open_project(path: str | os.PathLike, *, dask: bool = True) -> Project:
     together (a fifth of a conversion's read time). Attribution sets split over several files stay Dask-backed."""
     path = Path(path)
     if zstore.is_store(path):
-        return open_store_project(path)
+        return open_store_project(path, dask=dask)
     if not path.exists():
         raise RelaylabError.at(path, "", "an existing project file (YAML) or relaylab Zarr store", "no such file")
     if path.is_dir():
@@ -123,18 +124,14 @@ def open_project(path: str | os.PathLike, *, dask: bool = True) -> Project:
 def open_projects(paths: list[str | os.PathLike]) -> dict[str, Project]:
     """Several projects side by side, keyed by name; names must be unique (ViRelAy silently mixes them up)."""
     projects: dict[str, Project] = {}
-    try:
+    with ExitStack() as on_error:  # every project opened so far is closed when a later one fails
         for path in paths:
-            project = open_project(path)
+            project = on_error.enter_context(open_project(path))
             if project.name in projects:
                 other = projects[project.name].path
-                project.close()
                 raise RelaylabError.at(path, "project.name", f"a project name not already used by {other}", repr(project.name))
             projects[project.name] = project
-    except BaseException:
-        for project in projects.values():
-            project.close()
-        raise
+        on_error.pop_all()
     return projects
 
 
@@ -176,32 +173,28 @@ def open_yaml_project(path: Path, dask: bool = True) -> Project:
     folder = path.parent
     spec = data["project"]
     label_map = load_label_map(folder / spec["label_map"])
-    opened: list = []
-    try:
+    with ExitStack() as on_error:  # what is open is closed when a later part fails
         inputs = open_inputs(spec["dataset"], folder, label_map, str(path), dask=dask)
-        opened.append(inputs)
+        on_error.callback(inputs.close)
         attributions = {}
         for block in attribution_blocks(spec):
             name = attribution_set_name(block)
             attributions[name] = open_attribution_set(block, folder, inputs, label_map, spec.get("model", ""), f"{path}",
                                                       dask=dask)
-            opened.append(attributions[name])
+            on_error.callback(attributions[name].close)
         analyses = {}
         for block in spec.get("analyses") or []:
             method = block["analysis_method"]
             sources = [folder / s for s in block["sources"]]
             analyses[method] = merge_analyses([analyses[method]] if method in analyses else [], sources, label_map)
-            opened.append(analyses[method])
+            on_error.callback(analyses[method].close)
         activations: Mapping = {}
         if spec.get("store"):
             extra = open_store_project(folder / spec["store"])
             attributions.update(extra.attributions)
             activations = extra.activations
             analyses.update(extra.analyses)
-    except BaseException:
-        for item in opened:
-            item.close()
-        raise
+        on_error.pop_all()
     metadata = {
         "format": "relaylab-yaml" if is_relaylab_yaml(spec) else "virelay-yaml",
         "dataset": {k: v for k, v in spec["dataset"].items()},
@@ -245,7 +238,7 @@ DASK_CHUNK_BYTES = 64 * 2**20
 def dask_chunks(ds: xr.Dataset) -> dict:
     """Dask chunks aligned with the storage chunks (HDF5 chunks, image batches): along `sample`, whole multiples of
     the widest variable's storage rows, about DASK_CHUNK_BYTES each, so no storage chunk is read twice and Dask's
-    ~1 ms per task does not dominate (16-row HDF5 chunks would mean 62,500 tasks per variable at 1M samples)."""
+    per-task overhead does not dominate (16-row HDF5 chunks would mean 62,500 tasks per variable at 1M samples)."""
     chunks: dict = {}
     widest = max((v for v in ds.variables.values() if SAMPLE in v.encoding.get("preferred_chunks", {})),
                  key=lambda v: v.dtype.itemsize * v.size // max(1, v.sizes[SAMPLE]), default=None)
@@ -263,16 +256,14 @@ def open_attribution_set(block: dict, folder: Path, inputs: xr.Dataset, label_ma
                          project_file: str, dask: bool = True) -> xr.Dataset:
     """All sources of one attribution set as one Dataset along `sample` (the dataset index of each row)."""
     parts = []
-    try:
+    with ExitStack() as on_error:
         for source in block["sources"]:
             part = open_virelay_dataset(folder / source, kind="attribution")
+            on_error.callback(part.close)
             check_attribution_part(part, inputs, str(folder / source))
             parts.append(part.chunk(dask_chunks(part)) if dask or len(block["sources"]) > 1 else part)
         attributions = parts[0] if len(parts) == 1 else xr.concat(parts, dim=SAMPLE, data_vars="all", coords="different", compat="equals", join="outer")
-    except BaseException:
-        for part in parts:
-            part.close()
-        raise
+        on_error.pop_all()
     if len(parts) > 1:
         attributions.set_close(lambda: [p.close() for p in parts])
     samples = attributions[SAMPLE].values
@@ -336,9 +327,10 @@ def merge_analyses(existing: list[xr.DataTree], sources: list[Path], label_map: 
     nodes: dict[str, xr.Dataset] = {}
     origin: dict[str, str] = {}
     trees = list(existing)
-    try:
+    with ExitStack() as on_error:  # the trees opened here are closed when a later one fails
         for source in sources:
             trees.append(open_virelay_analysis(source))
+            on_error.callback(trees[-1].close)
         for tree in trees:
             for category, child in tree.children.items():
                 file = child.attrs.get("source_file", tree.attrs.get("source_file", ""))
@@ -348,10 +340,7 @@ def merge_analyses(existing: list[xr.DataTree], sources: list[Path], label_map: 
                 origin[category] = file
                 for node in child.subtree:
                     nodes[f"/{node.relative_to(tree)}"] = node.to_dataset(inherit=False)
-    except BaseException:
-        for tree in trees[len(existing):]:
-            tree.close()
-        raise
+        on_error.pop_all()
     merged = with_display_names(xr.DataTree.from_dict(nodes), label_map)
     closers = [t.close for t in trees]
     merged.set_close(lambda: [close() for close in closers])
@@ -361,7 +350,7 @@ def merge_analyses(existing: list[xr.DataTree], sources: list[Path], label_map: 
 # ----------------------------------------------------------------------------------------------------- Zarr stores
 
 
-def open_store_project(path: Path) -> Project:
+def open_store_project(path: Path, dask: bool = True) -> Project:
     meta = zstore.store_metadata(path)
     if meta.get("status") != "complete":
         unfinished = zstore.unfinished_groups(path)
@@ -371,17 +360,18 @@ def open_store_project(path: Path) -> Project:
             + (f" (unfinished: {', '.join(unfinished)})" if unfinished else "")
             + "; run the same command again to resume it"))
     label_map = zstore.store_label_map(path)
-    inputs = zstore.open_group(path, "inputs")
+    chunks = "blocks" if dask else None
+    inputs = zstore.open_group(path, "inputs", chunks=chunks)
     attributions = LazyGroups({
-        name: (lambda name=name: attach_classes(zstore.open_group(path, f"attributions/{name}"), label_map))
+        name: (lambda name=name: attach_classes(zstore.open_group(path, f"attributions/{name}", chunks=chunks), label_map))
         for name in zstore.list_groups(path, "attributions")
     })
     activations = LazyGroups({
-        name: (lambda name=name: zstore.open_tree(path, f"activations/{name}"))
+        name: (lambda name=name: zstore.open_tree(path, f"activations/{name}", chunks={} if dask else None))
         for name in zstore.list_groups(path, "activations")
     })
     analyses = LazyGroups({
-        name: (lambda name=name: with_display_names(zstore.open_analysis(path, name), label_map))
+        name: (lambda name=name: with_display_names(zstore.open_analysis(path, name, chunks={} if dask else None), label_map))
         for name in zstore.list_groups(path, "analyses")
     })
     project = meta.get("project", {})

@@ -13,6 +13,7 @@ import os
 import sys
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -168,21 +169,16 @@ def write_pieces(path: Path, pieces: list) -> None:
     views = [memoryview(p.as_buffer_like()).cast("B") for p in pieces]
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(f".{uuid.uuid4().hex}.partial")
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
-    try:
-        first = 0
-        while first < len(views):
-            written = os.writev(fd, views[first:first + IOV_MAX])
-            while first < len(views) and written >= len(views[first]):
-                written -= len(views[first])
-                first += 1
-            if written:  # a short write ended inside this view
-                views[first] = views[first][written:]
-        os.close(fd)
-        fd = -1
+    with ExitStack() as on_error:
+        on_error.callback(partial.unlink, missing_ok=True)
+        with open(partial, "wb", buffering=0) as file:
+            first = 0
+            while first < len(views):
+                written = os.writev(file.fileno(), views[first:first + IOV_MAX])
+                while first < len(views) and written >= len(views[first]):
+                    written -= len(views[first])
+                    first += 1
+                if written:  # a short write ended inside this view
+                    views[first] = views[first][written:]
         os.replace(partial, path)
-    except BaseException:
-        if fd >= 0:
-            os.close(fd)
-        partial.unlink(missing_ok=True)
-        raise
+        on_error.pop_all()

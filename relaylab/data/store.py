@@ -463,10 +463,11 @@ def unfinished_groups(path: str | Path) -> list[str]:
     return sorted(array.attrs["group"] for _, array in root[PROGRESS].arrays())
 
 
-def open_tree(path: str | Path, group: str) -> xr.DataTree:
-    """A complete group of groups (e.g. an activation set, one child per layer) as a lazy DataTree."""
+def open_tree(path: str | Path, group: str, *, chunks: dict | None = {}) -> xr.DataTree:  # noqa: B006 (never mutated)
+    """A complete group of groups (e.g. an activation set, one child per layer) as a lazy DataTree: Dask-backed
+    (chunked as stored) by default, plain lazy arrays with `chunks=None`."""
     require_complete(path, group, group_meta(_root(path), group))
-    tree = xr.open_datatree(str(path), engine="zarr", group=group, chunks={}, consolidated=False, zarr_format=3)
+    tree = xr.open_datatree(str(path), engine="zarr", group=group, chunks=chunks, consolidated=False, zarr_format=3)
     for node in tree.subtree:
         node.attrs.pop("relaylab", None)
     return tree
@@ -564,11 +565,12 @@ def write_analysis(path: str | Path, name: str, tree: xr.DataTree, *, attrs: dic
     writer.finish()
 
 
-def open_analysis(path: str | Path, name: str) -> xr.DataTree:
+def open_analysis(path: str | Path, name: str, *, chunks: dict | None = {}) -> xr.DataTree:  # noqa: B006 (never mutated)
+    """A complete analysis (one child per category) as a lazy DataTree; `chunks` as in `open_tree`."""
     group = f"analyses/{name}"
     root = _root(path)
     require_complete(path, group, group_meta(root, group))
-    tree = xr.open_datatree(str(path), engine="zarr", group=group, chunks={}, consolidated=False, zarr_format=3)
+    tree = xr.open_datatree(str(path), engine="zarr", group=group, chunks=chunks, consolidated=False, zarr_format=3)
     for node in tree.subtree:
         meta = node.attrs.pop("relaylab", None)
         if node is not tree and node.parent is tree:

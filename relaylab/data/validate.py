@@ -1,4 +1,8 @@
-"""`validate`: every problem of a project at once, each with its file, the path inside it, and what was expected."""
+"""`validate`: every problem of a project at once, each with its file, the path inside it, and what was expected.
+
+The project is opened without Dask (plain lazy arrays, read block by block here), so a check of a small project
+costs little more than opening it; the content checks are shared with `convert`, which runs them on each block it
+copies."""
 
 from __future__ import annotations
 
@@ -10,12 +14,13 @@ from tqdm.auto import tqdm
 
 from ..errors import Problem, RelaylabError
 from . import store as zstore
-from .convert import analysis_index_problems, label_problems, nonfinite_problems, source_file
 from .hdf5 import open_h5, analysis_problems
-from .dims import SAMPLE
+from .dims import CLASS, SAMPLE
 from .labels import label_map_problems, read_label_map_json
 from .schema import schema_problems
 from .project import (Project, attribution_blocks, open_project, project_file_problems, read_project_yaml)
+
+BLOCK_BYTES = 64 * 2**20  # samples checked at a time: bounded memory, few reads
 
 
 def validate(path: str | Path, *, progress: bool = True) -> list[Problem]:
@@ -106,7 +111,7 @@ def h5_file_problems(path: Path, required: tuple[str, ...]) -> list[Problem]:
 
 def opened_problems(path: Path, progress: bool) -> list[Problem]:
     try:
-        project = open_project(path)
+        project = open_project(path, dask=False)
     except RelaylabError as error:
         return error.problems
     with project:
@@ -130,13 +135,56 @@ def content_problems(project: Project, progress: bool) -> list[Problem]:
     return problems
 
 
+def label_problems(labels: xr.DataArray, label_map: xr.Dataset, file: str, path: str) -> list[Problem]:
+    """Labels that name no class of the label map (integer labels), or n-hot vectors longer than it."""
+    classes = label_map[CLASS].values
+    if labels.ndim == 2:
+        hot = np.flatnonzero(np.asarray(labels.values, dtype=bool).any(axis=0))
+        unknown = np.setdiff1d(hot, classes)
+        if unknown.size:
+            return [Problem(file, path, "n-hot columns that are classes of the label map", f"columns {unknown[:5].tolist()} set")]
+        return []
+    values = np.asarray(labels.values)
+    bad = ~np.isin(values, classes)
+    if bad.any():
+        samples = labels[SAMPLE].values[bad][:5].tolist()
+        return [Problem(file, path, "labels that are class indices of the label map",
+                        f"{int(bad.sum())} outside it, e.g. {np.unique(values[bad])[:5].tolist()} at samples {samples}")]
+    return []
+
+
+def nonfinite_problems(values: xr.DataArray, file: str, path: str) -> list[Problem]:
+    """NaN/inf are reported with the samples that hold them, never passed on silently."""
+    flat = np.asarray(values.values).reshape(values.shape[0], -1)
+    bad = ~np.isfinite(flat).all(axis=1)
+    if bad.any():
+        samples = values[SAMPLE].values[bad][:5].tolist()
+        return [Problem(file, path, "finite values (no NaN or inf)", f"{int(bad.sum())} samples with NaN/inf, e.g. {samples}")]
+    return []
+
+
+def source_file(ds: xr.Dataset, var: str) -> str:
+    return str(ds[var].attrs.get("source_file") or ds.attrs.get("source_file") or ", ".join(ds.attrs.get("sources", [])))
+
+
+def analysis_index_problems(tree: xr.DataTree, n_samples: int) -> list[Problem]:
+    problems = []
+    for category, node in tree.children.items():
+        index = np.asarray(node["index"].values)
+        if index.size and (index.max() >= n_samples):
+            file = node.attrs.get("source_file", "")
+            problems.append(Problem(file, f"/{category}/index", f"sample indices below the dataset size {n_samples}",
+                                    f"{index[index >= n_samples][:5].tolist()}"))
+    return problems
+
+
 def blockwise(values: xr.DataArray, check, desc: str, progress: bool) -> list[Problem]:
-    """Run `check` over sample blocks (the Dask chunks), so a huge array is never in memory at once."""
-    rows = values.chunks[0] if values.chunks else (values.shape[0],)
-    problems, start = [], 0
-    for size in tqdm(rows, desc=desc, unit="block", disable=not progress, leave=False):
-        problems += check(values.isel({SAMPLE: slice(start, start + size)}))
-        start += size
+    """Run `check` over blocks of samples of about BLOCK_BYTES, so a huge array is never in memory at once."""
+    n = values.sizes[SAMPLE]
+    rows = max(1, BLOCK_BYTES // max(1, values.dtype.itemsize * values.size // max(1, n)))
+    problems = []
+    for start in tqdm(range(0, n, rows), desc=desc, unit="block", disable=not progress, leave=False):
+        problems += check(values.isel({SAMPLE: slice(start, start + rows)}))
     return merge_counts(problems)
 
 

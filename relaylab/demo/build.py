@@ -26,6 +26,7 @@ import os
 import shutil
 import time
 import uuid
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -172,14 +173,13 @@ def build_demo(out_dir: str | os.PathLike, seed: int = 0, progress: bool = True)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     partial = out_dir.with_name(f".{out_dir.name}.partial-{uuid.uuid4().hex[:8]}")
     partial.mkdir()  # not mkdtemp: its 0700 would survive the rename
-    try:
+    with ExitStack() as on_error:
+        on_error.callback(shutil.rmtree, partial, ignore_errors=True)
         build_into(partial, seed, progress)
         if out_dir.exists():
             out_dir.rmdir()  # empty, checked above
         partial.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
+        on_error.pop_all()
     return out_dir / STORE
 
 
