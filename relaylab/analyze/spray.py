@@ -54,7 +54,7 @@ class Subsampled(ClusterMixin, BaseEstimator):
     """`clusterer` fitted on at most `max_samples` randomly chosen samples; every other sample takes the label of its
     nearest fitted sample (noise, -1, included).
 
-    scikit-learn's HDBSCAN builds its minimum spanning tree with Prim's algorithm, O(n²) distance evaluations: 1.4 s at
+    scikit-learn's HDBSCAN builds its minimum spanning tree with Prim's algorithm, O(n²) distance evaluations: seconds at
     20,000 samples, hours at 1,000,000. Clusters of a spectral embedding are dense, so a sample of 50,000 finds the
     same ones (down to min_cluster_size × n / max_samples samples); below `max_samples` this is `clusterer` itself.
     """

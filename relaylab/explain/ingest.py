@@ -32,12 +32,11 @@ from ..data import store as zstore
 from ..data.dims import IMAGE_DIMS, SAMPLE
 from ..data.imagedir import READ_ERRORS, ImageFilesArray
 from ..data.labels import label_map_from_entries, label_map_problems, read_label_map_json
+from . import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import Problem, RelaylabError
 
 log = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 RESIZE_METHODS = ("shorter_side", "stretch")
 RESAMPLE = Image.Resampling.BILINEAR  # torchvision's default for PIL images
 WORDNET_ID = re.compile(r"n\d{8}")

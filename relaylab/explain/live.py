@@ -5,7 +5,7 @@ selected layer's activations. One forward and one backward pass yield the CAMs o
 the logits and every recorded layer's activations, so moving the depth slider or picking another layer after the first
 click is a cache hit; LRP needs its own pass (zennit rewrites the backward pass of every layer).
 
-Channel score (reference 002's "entropy × magnitude"): for a channel's activations a (h × w values),
+Channel score ("entropy × magnitude", as in the sample-analysis page of Grad-CAM/LayerCAM dashboards): for a channel's activations a (h × w values),
 
     score = H(a) · mean|a|,   H(a) = -sum_b p_b ln p_b,   p_b = share of the values in bin b
 
@@ -34,9 +34,9 @@ from .cam import METHODS, cams, check_method
 
 log = logging.getLogger(__name__)
 
-SCORE_BINS = 10  # reference 002 bins each flattened channel into 10 bins
-CAM_CACHE = 8  # (sample, label) passes: all CAM layers × both methods at input size (VGG16 at 224²: ~13 MB each)
-FORWARD_CACHE = 3  # samples whose logits and activations of every recorded layer are kept (VGG16 at 224²: ~115 MB each)
+SCORE_BINS = 10  # equal-width bins per flattened channel
+CAM_CACHE = 8  # (sample, label) passes: all CAM layers × both methods at input size (VGG16 at 224²: every CAM layer at input size, float32)
+FORWARD_CACHE = 3  # samples whose logits and activations of every recorded layer are kept (VGG16 at 224²: 100+ MB each)
 SMALL_CACHE = 64  # LRP heatmaps and per-layer (activations, scores) pairs
 
 

@@ -22,12 +22,11 @@ from torch import nn
 
 from ..compute import check_device, gpu_index
 from ..data import store as zstore
+from . import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import Problem, RelaylabError
 
 log = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 CANONIZERS = ("auto", "none", "sequential_merge_batch_norm", "vgg", "resnet")
 SPEC_WHERE = "model spec"  # the `file` of problems found in a spec that was given on the command line or in code
 
