@@ -21,6 +21,7 @@ SUITES: dict[str, str] = {
     "explain": "benchmarks.explain",
     "render": "benchmarks.render",
     "gpu": "benchmarks.gpu",
+    "knn": "benchmarks.knn",
     "cli": "benchmarks.cli",
 }
 

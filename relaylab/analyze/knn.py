@@ -27,42 +27,24 @@ float64. The data are centred (mean in float64) before the GEMM, which removes m
 pairs, so they are accurate (duplicates come out exactly 0). Only the choice among near-ties (distances equal to about
 1e-6 relative in float32) can differ from a float64 brute force.
 
-Measured 2026-11 on the project's 2-core AMD EPYC machine (OpenBLAS 0.3.31, float32, k = 10, pynndescent 0.7.0,
-numba 0.68), with other jobs sharing the cores (load 4-5), so CPU seconds (user + sys, all threads) are given (wall
-time on 2 idle cores is between CPU / 2 and CPU). make_blobs(10 centres, cluster_std 2) / attribution-like data
-(blobs on a 16-dim subspace plus noise); pynndescent warm, i.e. after its first call in the process, with the
-default width k + 1:
+Method choice. `python -m benchmarks knn` measures it (exact vs pynndescent at both widths: CPU and wall time, their
+ratios, recall@10, pynndescent's first-call cost in a fresh process, and the crossover estimate below, on blobs and
+attribution-like data). The exact search costs n²·d (the GEMM) plus n² (the selection); pynndescent grows about
+linearly in n, so warm, i.e. after its first call in the process, it is faster from a few thousand samples on, and
+5-15 times faster at 20,000. But its first call in a process also compiles its numba kernels, most of them uncached,
+once per process (so once per Dask worker), which costs more CPU time than an exact search of 20,000 samples. Counting
+that compilation, the exact search stays the cheaper one up to about 1.5-2 times 20,000 samples at d = 256 and 1024,
+and it is exact, while pynndescent's recall@10 falls as n grows: at its default width (k + 1 neighbours) most on
+isotropic Gaussian blobs in 256-1024 dimensions (the hard case for any graph method), much less on attribution-like
+data, which vary along few directions; this module's width 2k + 1 (`APPROXIMATE_WIDTH`) recovers most of it for about
+twice pynndescent's time. `EXACT_MAX_SAMPLES["cpu"] = 20,000` therefore keeps the exact answer below that crossover,
+with a margin for the compilation cost (which varies from run to run, and is paid only once when one process builds
+several graphs), and leaves larger groups, where the n² term dominates, to pynndescent.
 
-    d     n       exact CPU s    pynndescent warm CPU s   recall@10 (blobs / attribution-like)
-    1024  5,000    1.8 / 1.9       0.7 / 1.2                0.83 / 0.99
-    1024  10,000   5.5 / 5.9       2.8 / 1.9                0.70 / 0.98
-    1024  20,000  18.8 / 17.9      4.8 / 3.6                0.56 / 0.97
-    1024  50,000   111 / 115      10.1 / 9.1                0.38 / 0.94
-    256   5,000    1.0 / 1.1       0.8 / 0.5                0.87 / 0.99
-    256   10,000   2.5 / 2.5       1.4 / 0.8                0.76 / 0.98
-    256   20,000   8.0 / 8.7       2.3 / 2.0                0.63 / 0.97
-    256   50,000    53 / 50        6.1 / 4.3                0.45 / 0.94
-
-With the width this module uses (2k + 1, `APPROXIMATE_WIDTH`), warm, CPU s and recall@10 (blobs / attribution-like;
-at 50,000 on 2,000 sampled rows):
-
-    d     n       pynndescent 2k+1 CPU s   recall@10
-    1024  20,000   7.1 / 5.7                0.84 / 0.999
-    1024  50,000  17.7 / 14.4               0.67 / 0.997
-    256   20,000   3.4 / 2.8                0.89 / 0.999
-    256   50,000   8.2 / 7.2                0.75 / 0.997
-
-(isotropic Gaussian blobs in 256-1024 dimensions are the hard case for any graph method; attributions vary along
-few directions.) pynndescent's first call in a fresh process costs 54-65 CPU s more (48-91 s wall in five fresh
-processes under that load): numba compiles its kernels, most of them uncached, once per process (so once per Dask
-worker). Warm, it is faster than the exact search from about 5,000-10,000 samples on; counting the compilation, the
-exact search is cheaper up to about 40,000 samples at d = 1024 and 57,000 at d = 256. Exact costs grow as n²·d (the
-GEMM; 50,000 × 1024 is 2.6e12 multiply-adds) plus n² for the selection. `EXACT_MAX_SAMPLES["cpu"] = 20,000` keeps
-the exact answer while it costs at most ~20 CPU s (~10 s wall on 2 cores) and leaves larger groups to pynndescent.
 On "cuda" (CuPy, with torch for the GEMM and the top-k) float32 distances are computed in TF32 on the tensor cores
-and 2k candidates per row are kept, then ranked by their exactly recomputed distances; each block's candidates are
-picked with torch.topk (CuPy's partition sorts whole rows). Measured on an H200 (exact, k = 10, float32): 1,000,000 ×
-256 in 38 s and 1,000,000 × 1024 in 72 s with float32 GEMMs, before TF32; 20,000 × 1024 in 0.19 s.
+and 2k candidates per row are kept, then ranked by their exactly recomputed distances, so TF32's ~1e-3 relative
+error only chooses candidates; each block's candidates are picked with torch.topk, since CuPy's partition sorts whole
+rows. `python -m benchmarks gpu` times the GPU search.
 """
 
 from __future__ import annotations
@@ -86,10 +68,12 @@ METHODS = ("auto", "exact", "approximate")
 METRICS = ("euclidean",)
 # Working memory of the exact search: two block × block buffers (distances and a copy to partition) and a mask.
 MEMORY_BUDGET = {"cpu": 256 * 2**20, "cuda": 2 * 2**30}
-# method="auto" searches exactly up to this many samples (the module docstring has the measurements behind it).
+# method="auto" searches exactly up to this many samples (why: the module docstring; measured by `python -m
+# benchmarks knn`).
 EXACT_MAX_SAMPLES = {"cpu": 20_000, "cuda": 2_000_000}
 # pynndescent builds a graph of APPROXIMATE_WIDTH * k + 1 neighbours, of which the k nearest are kept: at k + 1 its
-# recall@10 fell to 0.94 at 50,000 attribution-like samples; at 2k + 1 it is 0.997 for about 1.1-1.4x the time.
+# recall@10 fell to 0.94 at 50,000 attribution-like samples; at 2k + 1 it is 0.997 for about twice pynndescent's time
+# (`python -m benchmarks knn --sizes n=50000 --kinds attribution-like`).
 APPROXIMATE_WIDTH = 2
 
 
@@ -334,8 +318,8 @@ def _smallest(dist, take, work, xp):
     if take >= width:
         return xp.broadcast_to(xp.arange(width, dtype=xp.int64), (n_rows, width))
     if xp is not np and (topk := _torch_topk()) is not None:
-        # CuPy's partition sorts every row in full; torch's radix-select top-k is ~10x faster on the GPU (measured on
-        # an H100: the exact 1M x 256 graph spent 114 s of 122 s in CuPy's partition). Zero-copy through DLPack.
+        # CuPy's partition sorts every row in full; torch's radix-select top-k is about 10x faster on the GPU (the
+        # partition had taken over 90% of the exact GPU search). Zero-copy through DLPack.
         return xp.from_dlpack(topk(dist, take))
     work[...] = dist
     work.partition(take - 1, axis=1)
@@ -355,8 +339,8 @@ def _smallest(dist, take, work, xp):
 
 def _tf32_gemm():
     """`gemm(a, b, out)`: out = a @ b.T in TF32 on the GPU's tensor cores (torch, zero-copy on CuPy arrays), or None
-    without torch. ~8x the float32 rate on an H100; its ~1e-3 relative error only picks candidates: the search keeps
-    2k of them per row and ranks them by exactly recomputed distances."""
+    without torch. About 8x the float32 rate on A100/H100-class GPUs; its ~1e-3 relative error only picks candidates:
+    the search keeps 2k of them per row and ranks them by exactly recomputed distances."""
     try:
         import torch
     except ImportError:
