@@ -5,11 +5,13 @@
   this process (conftest's `cli` fixture captures its output).
 - `TinyNet`, `TINY`, `save_weights`, `make_store`: a tiny real network and a complete store for the explain tests.
 - `free_port`, `get`, `wait_for`: a local HTTP server's port, a GET and waiting until it answers.
+- `virelay_resampled`: what ViRelAy's up- and down-sampling make of an image, written out with NumPy and Pillow.
 """
 
 from __future__ import annotations
 
 import http.client
+import math
 import socket
 import subprocess
 import sys
@@ -137,3 +139,50 @@ def wait_for(port: int, path: str, timeout: float = 60) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"no server answered {path} on port {port}")
         time.sleep(0.2)
+
+
+# ------------------------------------------------------------------------------------------------ resampling
+
+
+NUMPY_PADDING = {
+    "fill_zeros": dict(mode="constant", constant_values=0),
+    "fill_ones": dict(mode="constant", constant_values=1),
+    "edge_repeat": dict(mode="edge"),
+    "mirror_edge": dict(mode="reflect"),
+    "wrap_around": dict(mode="wrap"),
+}
+
+
+def pillow_resized(hwc: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Bicubic: uint8 RGB as one Pillow image (ViRelAy's way), anything else one channel at a time, as 32-bit float
+    for non-uint8 values (cast back; integers rounded)."""
+    from PIL import Image
+
+    if hwc.dtype == np.uint8 and hwc.shape[2] == 3:
+        return np.asarray(Image.fromarray(hwc).resize((width, height), Image.Resampling.BICUBIC))
+    planes = []
+    for c in range(hwc.shape[2]):
+        plane = hwc[..., c] if hwc.dtype == np.uint8 else hwc[..., c].astype(np.float32)
+        planes.append(np.asarray(Image.fromarray(plane).resize((width, height), Image.Resampling.BICUBIC)))
+    return np.stack(planes, axis=-1).astype(hwc.dtype)
+
+
+def virelay_resampled(hwc: np.ndarray, width: int, height: int, up: str, down: str) -> np.ndarray:
+    """ViRelAy's resampling of an (H, W, C) image, with height on axis 0: padded (the odd pixel before) or resized to
+    at least width x height when smaller, then center-cropped (the odd pixel cut before) or resized when larger."""
+    h, w = hwc.shape[:2]
+    if (h < height or w < width) and up != "none":
+        if up == "resize":
+            hwc = pillow_resized(hwc, width, height)
+        else:
+            pad_y, pad_x = max(0, height - h), max(0, width - w)
+            hwc = np.pad(hwc, ((math.ceil(pad_y / 2), pad_y // 2), (math.ceil(pad_x / 2), pad_x // 2), (0, 0)),
+                         **NUMPY_PADDING[up])
+    h, w = hwc.shape[:2]
+    if (h > height or w > width) and down != "none":
+        if down == "resize":
+            hwc = pillow_resized(hwc, width, height)
+        else:
+            top, left = math.ceil(max(0, h - height) / 2), math.ceil(max(0, w - width) / 2)
+            hwc = hwc[top:top + height, left:left + width]
+    return hwc

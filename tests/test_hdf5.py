@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import pickle
+from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 import xarray as xr
+import yaml
 
 from relaylab.data import hdf5
 from relaylab.data.project import open_project
 from relaylab.data.synthetic import Variant, attributions_of, images_and_labels
+from relaylab.data.validate import validate
+from relaylab.errors import RelaylabError
+
+from .helpers import virelay_resampled
 
 LAYOUTS = [
     dict(layout="chw"),
@@ -226,3 +233,166 @@ def test_a_truncated_file_is_reported_by_the_direct_read(tmp_path):
         f.truncate(offset + 100)
     with pytest.raises(hdf5.RelaylabError, match=r"a\.h5.*/attribution.*ends before it"):
         ds["attribution"][48:64].values
+
+
+# ------------------------------------------------------------------ per-sample groups with samples of different shapes
+
+
+def members_hwc(path, name, layout):
+    """Each per-sample array of group `name`, as h5py reads it, with its axes in (H, W, C) order."""
+    with h5py.File(path, "r") as h5:
+        arrays = [h5[name][key][()] for key in sorted(h5[name])]
+    return [a[..., None] if a.ndim == 2 else a.transpose(1, 2, 0) if layout == "chw" else a for a in arrays]
+
+
+def write_group_project(folder, samples: dict, *, sizes: dict | None = None, labels=None) -> Path:
+    """A ViRelAy project whose dataset is a group of per-sample arrays (ViRelAy's hdf5_structure example builds them
+    so: one array per key, a group of scalar labels), `sizes` the project file's input size and sampling methods."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "label-map.json").write_text(json.dumps([{"index": i, "word_net_id": f"n{i:08d}", "name": f"c{i}"}
+                                                       for i in range(2)]))
+    with h5py.File(folder / "dataset.h5", "w") as h5:
+        for key, values in samples.items():
+            h5[f"data/{key}"] = values
+        for k, key in enumerate(samples):
+            h5[f"label/{key}"] = np.uint8(k % 2) if labels is None else labels[key]
+    dataset = {"name": "d", "type": "hdf5", "path": "dataset.h5", **(sizes or {})}
+    path = folder / "project.yaml"
+    path.write_text(yaml.safe_dump({"project": {"name": "p", "model": "m", "label_map": "label-map.json",
+                                                "dataset": dataset}}))
+    return path
+
+
+MIXED = [
+    dict(layout="chw", up_sampling="fill_zeros", down_sampling="center_crop"),
+    dict(layout="hwc", dtype="float01", up_sampling="edge_repeat", down_sampling="resize"),
+    dict(layout="chw", dtype="float11", up_sampling="resize", down_sampling="center_crop"),
+    dict(layout="hwc", up_sampling="resize", down_sampling="resize"),
+    dict(channels=1, up_sampling="mirror_edge", down_sampling="resize"),
+]
+
+
+@pytest.mark.parametrize("fields", MIXED, ids=lambda f: "-".join(f"{k}={v}" for k, v in f.items()))
+def test_per_sample_images_of_different_shapes_are_brought_to_the_input_size(make_project, fields):
+    # a non-square input size, so that swapped axes cannot pass; samples 3 pixels smaller to 3 larger in each direction
+    fields = dict(data_as_group=True, size_jitter=3, height=12, width=16, n_samples=14, **fields)
+    path = make_project(**fields)
+    v = Variant(**fields)
+    shapes = {a.shape[:2] for a in members_hwc(path.parent / "dataset.h5", "data", v.layout)}
+    assert any(h < 12 and w > 16 for h, w in shapes) and any(h > 12 and w < 16 for h, w in shapes)
+
+    def expected(file, name):
+        return np.stack([virelay_resampled(a, 16, 12, v.up_sampling, v.down_sampling).transpose(2, 0, 1)
+                         for a in members_hwc(file, name, v.layout)])
+
+    inputs = expected(path.parent / "dataset.h5", "data")
+    assert validate(path, progress=False) == []
+    with open_project(path) as project:
+        assert project.inputs["input"].shape == (14, v.channels, 12, 16)
+        assert project.inputs["input"].dtype == (np.uint8 if v.dtype == "uint8" else np.float32)
+        np.testing.assert_array_equal(project.inputs["input"].values, inputs)
+        np.testing.assert_array_equal(project.inputs["input"].isel(sample=[9, 2], x=3).values, inputs[[9, 2], :, :, 3])
+        np.testing.assert_array_equal(project.inputs["label"].values, h5_read(path.parent / "dataset.h5", "label"))
+        attributions = project.attributions["lrp_epsilon_plus"]["attribution"]
+        np.testing.assert_array_equal(attributions.values, expected(path.parent / "attribution-0.h5", "attribution"))
+        assert project.inputs.attrs["sampling"] == {"up_sampling_method": v.up_sampling,
+                                                    "down_sampling_method": v.down_sampling}
+        clone = pickle.loads(pickle.dumps(project.inputs))  # the lazy array travels to Dask workers
+        np.testing.assert_array_equal(clone["input"][5].values, inputs[5])
+
+
+def test_a_project_of_mixed_shape_samples_converts_and_exports_with_the_same_values(make_project, tmp_path, cli):
+    path = make_project(data_as_group=True, size_jitter=2, up_sampling="wrap_around", down_sampling="center_crop")
+    with open_project(path) as project:
+        inputs, attributions = project.inputs["input"].values, project.attributions["lrp_epsilon_plus"]["attribution"].values
+    assert cli("convert", "-q", path, tmp_path / "p.zarr").returncode == 0
+    assert cli("convert", "-q", "--to", "virelay", tmp_path / "p.zarr", tmp_path / "vr").returncode == 0
+    for converted in (tmp_path / "p.zarr", tmp_path / "vr" / "project.yaml"):
+        with open_project(converted) as project:
+            np.testing.assert_array_equal(project.inputs["input"].values, inputs)
+            np.testing.assert_array_equal(project.attributions["lrp_epsilon_plus"]["attribution"].values, attributions)
+    with h5py.File(tmp_path / "vr" / "dataset.h5") as h5:
+        assert isinstance(h5["data"], h5py.Dataset) and h5["data"].shape == inputs.shape
+
+
+def test_mixed_shapes_without_an_input_size_are_reported_before_anything_is_read(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    shapes = {"a": (3, 6, 6), "b": (3, 6, 6), "c": (3, 7, 5), "d": (3, 6, 6), "e": (3, 4, 4)}
+    path = write_group_project(tmp_path, {k: rng.random(s, dtype=np.float32) for k, s in shapes.items()})
+    file = str(path.parent / "dataset.h5")
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("sample values were read")
+
+    monkeypatch.setattr(hdf5.H5Array, "_read_file", no_reading)
+    monkeypatch.setattr(hdf5, "read_member", no_reading)
+    problems = validate(path, progress=False)
+    assert [(p.file, p.path, p.found) for p in problems] == [(file, "/data/c", "shape (3, 7, 5)"),
+                                                             (file, "/data/e", "shape (3, 4, 4)")]
+    assert all("shape (3, 6, 6)" in p.expected and "input_width" in p.expected for p in problems)
+    with pytest.raises(RelaylabError) as error:
+        open_project(path)
+    assert error.value.problems == problems
+    with pytest.raises(RelaylabError) as error:
+        xr.open_dataset(file, engine="virelay")
+    assert error.value.problems == problems
+
+
+def test_mixed_shapes_open_with_an_input_size_given_to_the_engine(tmp_path):
+    rng = np.random.default_rng(1)
+    samples = {"a": rng.integers(0, 256, (6, 8, 3), dtype=np.uint8), "b": rng.integers(0, 256, (9, 5, 3), dtype=np.uint8)}
+    path = write_group_project(tmp_path, samples)
+    ds = xr.open_dataset(path.parent / "dataset.h5", engine="virelay", input_width=8, input_height=6,
+                         up_sampling_method="fill_ones", down_sampling_method="center_crop")
+    expected = [virelay_resampled(a, 8, 6, "fill_ones", "center_crop").transpose(2, 0, 1) for a in samples.values()]
+    np.testing.assert_array_equal(ds["input"].values, np.stack(expected))
+    assert ds["input"].attrs["source_layout"] == "hwc"
+    with pytest.raises(RelaylabError, match="up_sampling_method") as error:
+        xr.open_dataset(path.parent / "dataset.h5", engine="virelay", input_width=8, input_height=6,
+                        up_sampling_method="stretch")
+    assert error.value.problems[0].path == "up_sampling_method"
+
+
+def test_samples_the_sampling_methods_cannot_bring_to_the_input_size_are_named(tmp_path):
+    rng = np.random.default_rng(2)
+    samples = {"big": rng.random((3, 9, 11), dtype=np.float32), "fits": rng.random((3, 6, 8), dtype=np.float32),
+               "small": rng.random((3, 4, 8), dtype=np.float32)}
+    sizes = dict(input_width=8, input_height=6, up_sampling_method="none", down_sampling_method="center_crop")
+    path = write_group_project(tmp_path, samples, sizes=sizes)
+    problems = validate(path, progress=False)
+    assert [(p.path, p.found) for p in problems] == [("/data/small", "8x4")]
+    assert "becomes 8x6" in problems[0].expected and "up_sampling_method='none'" in problems[0].expected
+    with pytest.raises(RelaylabError) as error:
+        open_project(path)
+    assert error.value.problems == problems
+
+
+def test_greyscale_samples_among_colour_ones_get_their_channels_and_other_counts_are_named(tmp_path):
+    rng = np.random.default_rng(3)
+    samples = {"a": rng.integers(0, 256, (3, 6, 8), dtype=np.uint8), "b": rng.integers(0, 256, (7, 9), dtype=np.uint8),
+               "c": rng.integers(0, 256, (1, 5, 8), dtype=np.uint8), "d": rng.integers(0, 256, (3, 4, 10), dtype=np.uint8)}
+    sizes = dict(input_width=8, input_height=6, up_sampling_method="edge_repeat", down_sampling_method="resize")
+    path = write_group_project(tmp_path / "grey", samples, sizes=sizes)
+    expected = []
+    for key in "abcd":
+        hwc = samples[key][..., None] if samples[key].ndim == 2 else samples[key].transpose(1, 2, 0)
+        expected.append(np.repeat(virelay_resampled(hwc, 8, 6, "edge_repeat", "resize"), 3 // hwc.shape[2], axis=2))
+    with open_project(path) as project:
+        np.testing.assert_array_equal(project.inputs["input"].values, np.stack(expected).transpose(0, 3, 1, 2))
+    np.testing.assert_array_equal(expected[1][..., 0], expected[1][..., 2])
+
+    rgba = write_group_project(tmp_path / "rgba", {**samples, "e": rng.integers(0, 256, (4, 6, 8), dtype=np.uint8)},
+                               sizes=sizes)
+    problems = validate(rgba, progress=False)
+    assert [(p.path, p.found) for p in problems] == [("/data/e", "shape (4, 6, 8)")]
+    assert "3 channels (or 1)" in problems[0].expected
+
+
+def test_a_label_group_of_mixed_shapes_is_a_problem_not_a_traceback(tmp_path):
+    samples = {k: np.zeros((3, 4, 4), dtype=np.uint8) for k in "abc"}
+    labels = {"a": np.array([True, False]), "b": np.array([False, True]), "c": np.array([True, False, True])}
+    path = write_group_project(tmp_path, samples, labels=labels)
+    with pytest.raises(RelaylabError) as error:
+        open_project(path)
+    assert [(p.file, p.path, p.found) for p in error.value.problems] == [(str(path.parent / "dataset.h5"), "/label/c", "shape (3,)")]
+    assert [p.path for p in validate(path, progress=False)] == ["/label/c"]

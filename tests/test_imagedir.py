@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import math
 import os
 import pickle
 
 import dask
+import h5py
 import numpy as np
 import PIL.Image
 import pytest
@@ -18,6 +20,7 @@ from PIL import Image
 from relaylab.data.imagedir import image_directory_problems, open_image_directory
 from relaylab.data.labels import load_label_map
 from relaylab.data.project import open_project
+from relaylab.data.synthetic import write_image_directory_project
 from relaylab.data.validate import validate
 from relaylab.errors import RelaylabError
 
@@ -397,3 +400,56 @@ def test_problems_lists_setting_problems_with_file_problems(tmp_path, label_map_
     assert [p.found for p in image_directory_problems(tmp_path / "gone", label_map=label_map_file,
                                                       label_word_net_id_regex=WNID_REGEX, input_width=WIDTH,
                                                       input_height=HEIGHT)] == ["no such folder"]
+
+
+# ------------------------------------------------------------------------------------------- convert and back
+
+
+@pytest.mark.parametrize("label_by, up, down", [
+    ("word_net_id", "fill_zeros", "center_crop"),  # the project the issue reports
+    ("index", "edge_repeat", "resize"),
+    ("word_net_id", "resize", "resize"),
+    ("index", "resize", "center_crop"),
+])
+def test_an_image_directory_project_converts_and_comes_back_as_virelay_hdf5(tmp_path, cli, label_by, up, down):
+    path = write_image_directory_project(tmp_path / "project", SIZES, input_width=WIDTH, input_height=HEIGHT,
+                                         up_sampling_method=up, down_sampling_method=down, label_by=label_by)
+    files = sorted(glob.glob(str(tmp_path / "project" / "images" / "*" / "*.png")))
+    assert len(files) == len(SIZES)
+    classes = {str(i): i for i, _, _ in CLASSES} if label_by == "index" else {f"n{i:08d}": i for i, _, _ in CLASSES}
+    labels = [classes[os.path.basename(os.path.dirname(f))] for f in files]
+    assert len(set(labels)) == len(CLASSES)
+    pixels = []
+    for file in files:
+        with Image.open(file) as image:
+            pixels.append(expected_sample(np.asarray(image.convert("RGB")), up, down))
+    pixels = np.stack(pixels)
+    with h5py.File(path.parent / "attribution.h5") as h5:
+        attribution, prediction = h5["attribution"][()], h5["prediction"][()]
+    assert validate(path, progress=False) == []
+
+    converted = cli("convert", "-q", path, tmp_path / "p.zarr")
+    assert converted.returncode == 0, converted.stderr
+    assert validate(tmp_path / "p.zarr", progress=False) == []
+    with open_project(tmp_path / "p.zarr") as project:
+        assert project.metadata["store"]["status"] == "complete"
+        np.testing.assert_array_equal(project.inputs["input"].values, pixels)
+        np.testing.assert_array_equal(project.inputs["label"].values, labels)
+        assert [str(p) for p in project.inputs["path"].values] == files
+        attributions = project.attributions["smoothgrad"]
+        np.testing.assert_array_equal(attributions["attribution"].values, attribution)
+        np.testing.assert_array_equal(attributions["prediction"].values, prediction)
+        np.testing.assert_array_equal(attributions["label"].values, labels)
+        assert sorted(project.analyses["spectral_analysis"].children) == [f"n{i:08d}" for i, _, _ in CLASSES]
+
+    exported = cli("convert", "-q", "--to", "virelay", tmp_path / "p.zarr", tmp_path / "vr")
+    assert exported.returncode == 0, exported.stderr
+    with h5py.File(tmp_path / "vr" / "dataset.h5") as h5:
+        np.testing.assert_array_equal(h5["data"][()], pixels)
+        np.testing.assert_array_equal(h5["label"][()], labels)
+    with open_project(tmp_path / "vr" / "project.yaml") as project:
+        np.testing.assert_array_equal(project.attributions["smoothgrad"]["attribution"].values, attribution)
+        tree = project.analyses["spectral_analysis"]
+        for category, node in tree.children.items():
+            members = node["index"].values
+            assert members.size and (np.asarray(labels)[members] == int(category[1:])).all()

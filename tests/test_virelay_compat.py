@@ -13,8 +13,10 @@ import textwrap
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from relaylab.data.project import open_project
+from relaylab.data.synthetic import write_image_directory_project
 
 VIRELAY_PYTHON = os.environ.get("RELAYLAB_VIRELAY_PYTHON")
 pytestmark = [pytest.mark.virelay,
@@ -101,3 +103,61 @@ def test_export_from_a_zarr_store_loads_in_virelay(make_project, tmp_path, cli, 
                     if embedding == "spectral":
                         np.testing.assert_allclose(got["eigenvalues"], node["embedding/spectral"]["eigenvalue"].values, rtol=1e-6)
         assert set(report["analyses"]) == expected_keys
+
+
+@pytest.mark.parametrize("label_by, up, down", [
+    ("word_net_id", "fill_zeros", "center_crop"),
+    ("index", "edge_repeat", "resize"),
+    ("word_net_id", "resize", "center_crop"),
+    ("index", "mirror_edge", "resize"),
+])
+def test_an_image_directory_project_shows_the_same_in_virelay_after_conversion(tmp_path, cli, label_by, up, down):
+    # a square input size: ViRelAy pads and crops the height as if it were the width, harmless only when they are equal
+    sizes = [(5, 3), (11, 9), (8, 8), (6, 10), (13, 4), (3, 6), (8, 11), (10, 12)]
+    source = write_image_directory_project(tmp_path / "project", sizes, input_width=8, input_height=8,
+                                           up_sampling_method=up, down_sampling_method=down, label_by=label_by)
+    assert cli("convert", "-q", source, tmp_path / "p.zarr").returncode == 0
+    exported = cli("convert", "-q", "--to", "virelay", tmp_path / "p.zarr", tmp_path / "vr")
+    assert exported.returncode == 0, exported.stderr
+    indices = list(range(len(sizes)))
+    original = load_with_virelay(source, indices)
+    report = load_with_virelay(tmp_path / "vr" / "project.yaml", indices)
+    resized = 0
+    with open_project(source) as project:
+        for index in indices:
+            sample = report["samples"][str(index)]
+            np.testing.assert_array_equal(np.array(sample["data"]), hwc(project.inputs["input"][index].values))
+            with Image.open(str(project.inputs["path"][index].values)) as image:
+                width, height = image.size
+            # for some sizes Pillow's bicubic resize gives values a few levels apart in ViRelAy's Pillow 10.4 and in
+            # relaylab's, so only padded and cropped samples are compared with ViRelAy's own reading of the folder
+            if (up == "resize" and min(width, height) < 8) or (down == "resize" and max(width, height) > 8):
+                resized += 1
+                assert sample["labels"] == original["samples"][str(index)]["labels"]
+            else:
+                assert sample == original["samples"][str(index)]  # pixels and labels as ViRelAy reads the folder
+            assert sample["labels"] == [int(project.inputs["label"][index])]
+            assert report["attributions"][str(index)] == original["attributions"][str(index)]
+    assert len({tuple(s["labels"]) for s in report["samples"].values()}) == 3
+    assert resized < len(indices)
+    assert report["analyses"] and report["analyses"] == original["analyses"]
+
+
+def test_samples_of_different_shapes_load_in_virelay_at_the_input_size_after_conversion(make_project, tmp_path, cli):
+    source = make_project(data_as_group=True, size_jitter=3, n_samples=20, up_sampling="edge_repeat", down_sampling="resize")
+    assert cli("convert", "-q", source, tmp_path / "p.zarr").returncode == 0
+    exported = cli("convert", "-q", "--to", "virelay", tmp_path / "p.zarr", tmp_path / "vr")
+    assert exported.returncode == 0, exported.stderr
+    indices = [0, 3, 11, 19]
+    report = load_with_virelay(tmp_path / "vr" / "project.yaml", indices)
+    original = load_with_virelay(source, [3])  # ViRelAy reads the per-sample group as it is; sample 3 has the input size
+    with open_project(source) as project:
+        attributions = project.attributions["lrp_epsilon_plus"]
+        for index in indices:
+            sample = report["samples"][str(index)]
+            np.testing.assert_array_equal(np.array(sample["data"]), hwc(project.inputs["input"][index].values))
+            assert sample["labels"] == [int(project.inputs["label"][index])]
+            np.testing.assert_array_equal(np.array(report["attributions"][str(index)]["data"], dtype=np.float32),
+                                          hwc(attributions.sel(sample=index)["attribution"].values))
+        assert np.array(original["samples"]["3"]["data"]).shape == (16, 16, 3)
+        assert original["samples"]["3"] == report["samples"]["3"]

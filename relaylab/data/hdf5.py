@@ -4,16 +4,24 @@
 `xr.open_datatree(path, engine="virelay")` the canonical analysis tree. Arrays are lazy: opening reads only
 metadata (and an attribution file's small `index` vector), and with `chunks={}` the Dask chunks follow the HDF5
 chunks. File handles live in a `CachingFileManager`, so the arrays pickle and travel to Dask workers.
+
+ViRelAy's per-sample groups exist for samples of different shapes. Given the project's input size and sampling
+methods (`Sampling`), such samples are brought to that size when read, as ViRelAy brings image files to it; without
+them the mixed shapes are an error found at opening, from metadata alone.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import os
+from collections import Counter
 from contextlib import ExitStack
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import h5py
 import numpy as np
@@ -24,6 +32,9 @@ from xarray.core import indexing
 
 from ..errors import Problem, RelaylabError
 from .dims import CLASS, COMPONENT, IMAGE_DIMS, MEMBER, SAMPLE
+
+if TYPE_CHECKING:  # imagedir (and Pillow) is imported only where samples are resampled
+    from .imagedir import Sampling
 
 CHANNEL_SIZES = (1, 3, 4)
 TARGET_CHUNK_BYTES = 32 * 2**20
@@ -140,16 +151,177 @@ def sorted_members(group: h5py.Group, file: str) -> list[str]:
     return keys
 
 
+@dataclass(frozen=True)
+class Members:
+    """A group of per-sample arrays: keys in ViRelAy's order (sorted; member k is sample k), shapes and dtypes."""
+
+    file: str
+    path: str
+    keys: list[str]
+    shapes: list[tuple[int, ...]]
+    dtypes: list[np.dtype]
+
+    @property
+    def uniform(self) -> bool:
+        return len(set(self.shapes)) == 1
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.result_type(*set(self.dtypes))
+
+    def where(self, key: str) -> str:
+        return f"{self.path}/{key}"
+
+
+def group_members(group: h5py.Group, file: str) -> Members:
+    """Every member's shape and dtype, from metadata only (through HDF5's low-level API: `group[key]` costs about
+    twice as much per member)."""
+    keys = sorted_members(group, file)
+    shapes, dtypes = [], []
+    for key in keys:
+        try:
+            node = h5py.h5o.open(group.id, key.encode())
+        except (KeyError, OSError) as error:  # e.g. a link to nothing
+            raise RelaylabError.at(file, f"{group.name}/{key}", "a per-sample array", str(error)) from None
+        if not isinstance(node, h5py.h5d.DatasetID):
+            raise RelaylabError.at(file, f"{group.name}/{key}", "a per-sample array", "a group")
+        shapes.append(tuple(node.shape))
+        dtypes.append(node.dtype)
+    return Members(file, group.name, keys, shapes, dtypes)
+
+
+def mixed_shape_problems(members: Members, hint: str = "") -> list[Problem]:
+    """One problem per member whose shape differs from the most common one (the first and a count of the rest)."""
+    from .imagedir import first_problems
+
+    common = Counter(members.shapes).most_common(1)[0][0]
+    odd = [Problem(members.file, members.where(key), f"shape {common} like the other per-sample arrays of "
+                                                     f"{members.path}{hint}", f"shape {shape}")
+           for key, shape in zip(members.keys, members.shapes) if shape != common]
+    return first_problems(odd, members.file)
+
+
+def group_array(manager: CachingFileManager, name: str, members: Members) -> H5Array:
+    """Equally shaped per-sample arrays as one lazy array, stacked along the first axis."""
+    if not members.uniform:
+        raise RelaylabError(mixed_shape_problems(members))
+    return H5Array(manager, name, (len(members.keys),) + members.shapes[0], members.dtype, members.keys)
+
+
 def h5_array(manager: CachingFileManager, file: str, name: str) -> tuple[H5Array, tuple | None]:
-    """A lazy array for `name` (dataset or group of per-sample arrays) and the HDF5 chunk shape, if any."""
+    """A lazy array for `name` (dataset or group of equally shaped per-sample arrays) and the HDF5 chunk shape, if any."""
     node = manager.acquire()[name]
     if isinstance(node, h5py.Dataset):
         return H5Array(manager, name, node.shape, node.dtype), node.chunks
-    members = sorted_members(node, file)
-    first = node[members[0]]
-    if not isinstance(first, h5py.Dataset):
-        raise RelaylabError.at(file, first.name, "a per-sample array", "a group")
-    return H5Array(manager, name, (len(members),) + first.shape, first.dtype, members), None
+    return group_array(manager, name, group_members(node, file)), None
+
+
+# ------------------------------------------------------------------------------ per-sample images of mixed shapes
+
+SAMPLING_HINT = ", or input_width and input_height in the project file (a size to bring them all to)"
+
+
+@dataclass(frozen=True)
+class ImagePlan:
+    """How per-sample images of different shapes are read: the axis order of the 3-D ones ('chw' or 'hwc'; 2-D ones
+    are greyscale), the channels every sample ends with (greyscale ones are repeated to it, as Pillow converts L to
+    RGB) and the dtype they are read as."""
+
+    layout: str
+    channels: int
+    dtype: np.dtype
+
+
+def member_channels(shape: tuple[int, ...], layout: str) -> int:
+    return 1 if len(shape) == 2 else shape[0] if layout == "chw" else shape[-1]
+
+
+def image_plan(members: Members, declared_layout: str | None, sampling: Sampling | None) -> tuple[ImagePlan | None, list[Problem]]:
+    """How to read a group of per-sample images of different shapes at the input size of `sampling`, or the problems
+    that prevent it: no input size, arrays that are not images, channel counts that differ (other than greyscale),
+    sizes the sampling methods cannot bring to the input size. From metadata only."""
+    from .imagedir import first_problems, size_problem
+
+    if sampling is None:
+        return None, mixed_shape_problems(members, SAMPLING_HINT)
+    problems = [Problem(members.file, members.where(key), "a (C, H, W), (H, W, C) or (H, W) image array", f"shape {shape}")
+                for key, shape in zip(members.keys, members.shapes) if len(shape) not in (2, 3)]
+    if problems:
+        return None, first_problems(problems, members.file)
+    three_d = [shape for shape in members.shapes if len(shape) == 3]
+
+    def fits(axis: int) -> bool:
+        counts = {shape[axis] for shape in three_d}
+        return counts <= set(CHANNEL_SIZES) and len(counts - {1}) <= 1
+
+    if declared_layout is not None:
+        layout = str(declared_layout).lower()
+        if layout not in ("chw", "hwc"):
+            return None, [Problem(members.file, members.path, "layout 'chw' or 'hwc'", repr(declared_layout))]
+    else:
+        layout = "hwc" if fits(-1) and not fits(0) else "chw"
+    counts = [member_channels(shape, layout) for shape in members.shapes]
+    colour = Counter(c for c in counts if c != 1).most_common(1)
+    channels = colour[0][0] if colour else 1
+    for key, shape, count in zip(members.keys, members.shapes, counts):
+        height, width = (shape[0], shape[1]) if len(shape) == 2 or layout == "hwc" else (shape[1], shape[2])
+        if count not in (1, channels) or count not in CHANNEL_SIZES:
+            problems.append(Problem(members.file, members.where(key), f"{channels} channels (or 1) like the other "
+                                    f"samples, layout {layout}", f"shape {shape}"))
+        elif sampling.resampled_size(width, height) != (sampling.width, sampling.height):
+            problems.append(size_problem(members.file, sampling, (width, height), sampling.resampled_size(width, height),
+                                         members.where(key)))
+    if problems:
+        return None, first_problems(problems, members.file)
+    return ImagePlan(layout, channels, members.dtype), []
+
+
+def read_member(key: str, *, manager: CachingFileManager, file: str, path: str, plan: ImagePlan,
+                sampling: Sampling) -> np.ndarray:
+    """One per-sample image at the input size, (C, H, W): read whole, resampled as image files are."""
+    from .imagedir import resample
+
+    with HDF5_LOCK:
+        values = np.asarray(manager.acquire()[path][key][()], dtype=plan.dtype)
+    image = values[..., None] if values.ndim == 2 else values.transpose(1, 2, 0) if plan.layout == "chw" else values
+    image = resample(image, sampling, file, f"{path}/{key}")
+    if image.shape[2] != plan.channels:
+        image = np.repeat(image, plan.channels, axis=2)
+    return np.ascontiguousarray(image.transpose(2, 0, 1))
+
+
+def resampled_variable(manager: CachingFileManager, members: Members, plan: ImagePlan, sampling: Sampling,
+                       attrs: dict) -> xr.Variable:
+    """Per-sample images of different shapes as a lazy (sample, channel, y, x) variable at the input size."""
+    from .imagedir import ImageFilesArray
+
+    read = functools.partial(read_member, manager=manager, file=members.file, path=members.path, plan=plan, sampling=sampling)
+    array = ImageFilesArray(tuple(members.keys), read, (plan.channels, sampling.height, sampling.width), plan.dtype)
+    variable = xr.Variable(IMAGE_DIMS, indexing.LazilyIndexedArray(array), attrs={**attrs, "source_layout": plan.layout})
+    variable.encoding["preferred_chunks"] = dict(zip(IMAGE_DIMS, preferred_chunks(array.shape, array.dtype, None)))
+    return variable
+
+
+def image_group_problems(path: str | os.PathLike, name: str, declared_layout: str | None,
+                         sampling: Sampling | None) -> list[Problem]:
+    """What stops the per-sample group `name` of an HDF5 file from being read as images (for `validate`): nothing
+    when it is an array, missing, or a group of equally shaped arrays, or when the file does not open (its own
+    problem, reported where its keys are checked)."""
+    try:
+        h5 = open_h5(path)
+    except RelaylabError:
+        return []
+    try:
+        with h5:
+            node = h5.get(name)
+            if not isinstance(node, h5py.Group):
+                return []
+            members = group_members(node, str(path))
+            if members.uniform:
+                return []
+            return image_plan(members, declared_layout or node.attrs.get("layout"), sampling)[1]
+    except RelaylabError as error:
+        return error.problems
 
 
 def preferred_chunks(shape: tuple, dtype: np.dtype, h5_chunks: tuple | None) -> tuple:
@@ -242,7 +414,9 @@ def detect_kind(h5: h5py.File, file: str) -> str:
 
 
 def open_virelay_dataset(path, kind: str = "auto", layout: str | None = None,
-                         value_range: Iterable[float] | None = None) -> xr.Dataset:
+                         value_range: Iterable[float] | None = None, sampling: Sampling | None = None) -> xr.Dataset:
+    """A dataset or attribution file as the canonical Dataset. `sampling` (the project's input size and sampling
+    methods) brings per-sample images of different shapes to one size; without it such samples are an error."""
     file = str(path)
     open_h5(path).close()
     manager = CachingFileManager(h5py.File, file, mode="r")
@@ -255,15 +429,27 @@ def open_virelay_dataset(path, kind: str = "auto", layout: str | None = None,
         name = "data" if kind == "input" else "attribution"
         if name not in h5:
             raise RelaylabError.at(file, f"/{name}", f"a '{name}' array or group", "it is missing")
-        array, h5_chunks = h5_array(manager, file, name)
-        layout = image_layout(array.shape, layout or h5[name].attrs.get("layout"), file, f"/{name}")
-        n = array.shape[0]
         attrs = {"source_file": os.path.abspath(file), "source_path": f"/{name}"}
-        variables = {name if kind == "attribution" else "input": to_image_variable(array, layout, h5_chunks, attrs)}
-        coords = {"label": label_variable(manager, file, n, h5)}
         ds_attrs = {"kind": kind, "source_file": os.path.abspath(file)}
+        declared = layout or h5[name].attrs.get("layout")
+        members = group_members(h5[name], file) if isinstance(h5[name], h5py.Group) else None
+        if members is not None and not members.uniform:
+            plan, problems = image_plan(members, declared, sampling)
+            if problems:
+                raise RelaylabError(problems)
+            image = resampled_variable(manager, members, plan, sampling, attrs)
+            ds_attrs["sampling"] = {"up_sampling_method": sampling.up, "down_sampling_method": sampling.down}
+        else:
+            if members is None:
+                array, h5_chunks = h5_array(manager, file, name)
+            else:
+                array, h5_chunks = group_array(manager, name, members), None
+            image = to_image_variable(array, image_layout(array.shape, declared, file, f"/{name}"), h5_chunks, attrs)
+        n = image.shape[0]
+        variables = {name if kind == "attribution" else "input": image}
+        coords = {"label": label_variable(manager, file, n, h5)}
         if kind == "input":
-            ds_attrs["value_range"] = declared_value_range(array.dtype, value_range, h5[name].attrs)
+            ds_attrs["value_range"] = declared_value_range(image.dtype, value_range, h5[name].attrs)
             coords[SAMPLE] = np.arange(n, dtype=np.int64)
         else:
             if "prediction" in h5:
@@ -504,10 +690,21 @@ class VirelayBackendEntrypoint(BackendEntrypoint):
 
     description = "ViRelAy/CoRelAy HDF5 dataset, attribution and analysis files in relaylab's canonical form"
     url = "https://github.com/relaylab/relaylab"
-    open_dataset_parameters = ("filename_or_obj", "drop_variables", "kind", "layout", "value_range")
+    open_dataset_parameters = ("filename_or_obj", "drop_variables", "kind", "layout", "value_range", "input_width",
+                               "input_height", "down_sampling_method", "up_sampling_method")
 
-    def open_dataset(self, filename_or_obj, *, drop_variables=None, kind="auto", layout=None, value_range=None):
-        ds = open_virelay_dataset(filename_or_obj, kind=kind, layout=layout, value_range=value_range)
+    def open_dataset(self, filename_or_obj, *, drop_variables=None, kind="auto", layout=None, value_range=None,
+                     input_width=None, input_height=None, down_sampling_method="none", up_sampling_method="none"):
+        """`input_width`/`input_height` and the sampling methods, as in a project file, bring per-sample images of
+        different shapes to one size."""
+        sampling = None
+        if input_width is not None or input_height is not None:
+            from .imagedir import Sampling, raise_problems, sampling_problems
+
+            raise_problems(sampling_problems(str(filename_or_obj), input_width, input_height, down_sampling_method,
+                                             up_sampling_method), str(filename_or_obj))
+            sampling = Sampling(input_width, input_height, up_sampling_method, down_sampling_method)
+        ds = open_virelay_dataset(filename_or_obj, kind=kind, layout=layout, value_range=value_range, sampling=sampling)
         return ds.drop_vars(drop_variables or [], errors="ignore")
 
     def open_datatree(self, filename_or_obj, *, drop_variables=None, **kwargs):

@@ -7,6 +7,7 @@ pickles and travels to Dask workers.
 
 Resampling follows ViRelAy 0.6.1 (pad or resize images that are too small, then crop or resize images that are too
 large), but with height and width on the right axes: ViRelAy pads and crops `shape[0]` as if it were the width.
+`resample` is the one implementation; the HDF5 backend uses it for per-sample arrays of different shapes.
 """
 
 from __future__ import annotations
@@ -75,15 +76,30 @@ class Sampling:
         return width, height
 
 
-def size_problem(file: str, sampling: Sampling, size: tuple[int, int], resampled: tuple[int, int]) -> Problem:
-    """An image that the sampling methods cannot bring to the input size (e.g. a small one, up-sampling none)."""
+def size_problem(file: str, sampling: Sampling, size: tuple[int, int], resampled: tuple[int, int],
+                 path: str = "") -> Problem:
+    """An image (a file, or the array at `path` inside one) that the sampling methods cannot bring to the input size
+    (e.g. a small one, up-sampling none)."""
     found = f"{size[0]}x{size[1]}" + (f", which becomes {resampled[0]}x{resampled[1]}" if resampled != size else "")
-    return Problem(file, "", f"an image that becomes {sampling.width}x{sampling.height} (width x height) with "
-                             f"up_sampling_method={sampling.up!r}, down_sampling_method={sampling.down!r}", found)
+    return Problem(file, path, f"an image that becomes {sampling.width}x{sampling.height} (width x height) with "
+                               f"up_sampling_method={sampling.up!r}, down_sampling_method={sampling.down!r}", found)
+
+
+def resample(image: np.ndarray, sampling: Sampling, file: str, path: str = "") -> np.ndarray:
+    """An (H, W, C) image brought to the input size: up-sampled where it is smaller, then down-sampled where it is
+    larger. One the methods cannot bring to that size raises a RelaylabError naming `file` (and `path` inside it)."""
+    height, width = image.shape[:2]
+    if height < sampling.height or width < sampling.width:
+        image = up_sample(image, sampling)
+    if image.shape[0] > sampling.height or image.shape[1] > sampling.width:
+        image = down_sample(image, sampling)
+    if image.shape[:2] != (sampling.height, sampling.width):
+        raise RelaylabError(size_problem(file, sampling, (width, height), (image.shape[1], image.shape[0]), path))
+    return image
 
 
 def up_sample(image: np.ndarray, sampling: Sampling) -> np.ndarray:
-    """Pad (evenly, the odd pixel before) or resize an (H, W, 3) image to at least the input size."""
+    """Pad (evenly, the odd pixel before) or resize an (H, W, C) image to at least the input size."""
     if sampling.up == "resize":
         return resize(image, sampling)
     if sampling.up == "none":
@@ -95,7 +111,7 @@ def up_sample(image: np.ndarray, sampling: Sampling) -> np.ndarray:
 
 
 def down_sample(image: np.ndarray, sampling: Sampling) -> np.ndarray:
-    """Center-crop (the odd pixel cut before) or resize an (H, W, 3) image to at most the input size."""
+    """Center-crop (the odd pixel cut before) or resize an (H, W, C) image to at most the input size."""
     if sampling.down == "resize":
         return resize(image, sampling)
     if sampling.down == "none":
@@ -106,7 +122,24 @@ def down_sample(image: np.ndarray, sampling: Sampling) -> np.ndarray:
 
 
 def resize(image: np.ndarray, sampling: Sampling) -> np.ndarray:
-    return np.asarray(Image.fromarray(image).resize((sampling.width, sampling.height), RESIZE_FILTER))
+    """An (H, W, C) image resized to the input size with RESIZE_FILTER. uint8 RGB is resized as one Pillow RGB image,
+    as ViRelAy does; any other image channel by channel (uint8 as Pillow "L" images, other numbers as 32-bit float
+    "F" images, cast back to the image's dtype), so greyscale, RGBA and float images keep their channels and values."""
+    size = (sampling.width, sampling.height)
+    if image.dtype == np.uint8 and image.shape[2] == CHANNELS:
+        return np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize(size, RESIZE_FILTER))
+    return np.stack([resize_plane(image[..., c], size) for c in range(image.shape[2])], axis=-1)
+
+
+def resize_plane(plane: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """One (H, W) channel resized to `size` (width, height); integers are rounded and clipped to their dtype."""
+    if plane.dtype == np.uint8:
+        return np.asarray(Image.fromarray(np.ascontiguousarray(plane)).resize(size, RESIZE_FILTER))
+    resized = np.asarray(Image.fromarray(np.ascontiguousarray(plane, dtype=np.float32)).resize(size, RESIZE_FILTER))
+    if np.issubdtype(plane.dtype, np.integer):
+        limits = np.iinfo(plane.dtype)
+        return np.clip(np.rint(resized), limits.min, limits.max).astype(plane.dtype)
+    return resized.astype(plane.dtype)
 
 
 def read_image(file: str, sampling: Sampling) -> np.ndarray:
@@ -116,26 +149,21 @@ def read_image(file: str, sampling: Sampling) -> np.ndarray:
             rgb = np.asarray(image.convert("RGB"))
     except READ_ERRORS as error:
         raise RelaylabError.at(file, "", "an image file Pillow can read", f"{type(error).__name__}: {error}") from None
-    height, width = rgb.shape[:2]
-    if height < sampling.height or width < sampling.width:
-        rgb = up_sample(rgb, sampling)
-    if rgb.shape[0] > sampling.height or rgb.shape[1] > sampling.width:
-        rgb = down_sample(rgb, sampling)
-    if rgb.shape[:2] != (sampling.height, sampling.width):
-        raise RelaylabError(size_problem(file, sampling, (width, height), (rgb.shape[1], rgb.shape[0])))
-    return np.ascontiguousarray(rgb.transpose(2, 0, 1))
+    return np.ascontiguousarray(resample(rgb, sampling, file).transpose(2, 0, 1))
 
 
 class ImageFilesArray(BackendArray):
-    """Image files as a lazy (sample, channel, y, x) uint8 array. `read(path)` decodes one file to (C, H, W); only the
-    paths and the reader (a module-level function or a functools.partial of one, so the array pickles) are stored.
-    A block of rows is decoded by a pool of threads: Pillow releases the GIL while decoding and resizing."""
+    """Samples read one at a time (image files, or per-sample HDF5 arrays of different shapes) as a lazy
+    (sample, channel, y, x) array, uint8 unless told otherwise. `read(name)` reads one sample to (C, H, W); only the
+    names and the reader (a module-level function or a functools.partial of one, so the array pickles) are stored.
+    A block of rows is read by a pool of threads: Pillow releases the GIL while decoding and resizing."""
 
-    def __init__(self, files: tuple[str, ...], read: Callable[[str], np.ndarray], shape: tuple[int, int, int]):
+    def __init__(self, files: tuple[str, ...], read: Callable[[str], np.ndarray], shape: tuple[int, int, int],
+                 dtype: np.dtype | type = np.uint8):
         self.files = files
         self.read = read
         self.shape = (len(files), *shape)
-        self.dtype = np.dtype(np.uint8)
+        self.dtype = np.dtype(dtype)
 
     def __getitem__(self, key):
         # OUTER, so that picking a few samples decodes those images only, not every image between them.
@@ -266,14 +294,19 @@ def as_label_map(label_map: xr.Dataset | str | os.PathLike) -> xr.Dataset:
     return label_map if isinstance(label_map, xr.Dataset) else load_label_map(label_map)
 
 
-def raise_problems(problems: list[Problem], folder: str) -> None:
-    """Raise the first problems (a wrong setting can affect every one of a million files) and count the rest."""
-    if not problems:
-        return
+def first_problems(problems: list[Problem], where: str) -> list[Problem]:
+    """The first MAX_PROBLEMS_RAISED problems (a wrong setting can affect every one of a million samples), and one
+    more on `where` that counts the rest."""
     shown = problems[:MAX_PROBLEMS_RAISED]
     if len(problems) > len(shown):
-        shown.append(Problem(folder, "", "no further problems", f"{len(problems) - len(shown)} more like these"))
-    raise RelaylabError(shown)
+        shown.append(Problem(where, "", "no further problems", f"{len(problems) - len(shown)} more like these"))
+    return shown
+
+
+def raise_problems(problems: list[Problem], folder: str) -> None:
+    """Raise the first problems and count the rest (`first_problems`)."""
+    if problems:
+        raise RelaylabError(first_problems(problems, folder))
 
 
 # ------------------------------------------------------------------------------------------------- public API
@@ -305,7 +338,9 @@ def open_image_directory(path: str | os.PathLike, *, label_map: xr.Dataset | str
     coords = {
         SAMPLE: np.arange(len(files), dtype=np.int64),
         "label": (SAMPLE, classes),
-        "path": (SAMPLE, np.array(files, dtype=object)),
+        # NumPy's variable-length strings, as `ingest` has them: an object array's dtype is not known until its
+        # values are read, and the store's empty template of it would become a float array
+        "path": (SAMPLE, np.array(files, dtype=np.dtypes.StringDType())),
     }
     attrs = {
         "kind": "input",

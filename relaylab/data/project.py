@@ -180,7 +180,7 @@ def open_yaml_project(path: Path, dask: bool = True) -> Project:
         for block in attribution_blocks(spec):
             name = attribution_set_name(block)
             attributions[name] = open_attribution_set(block, folder, inputs, label_map, spec.get("model", ""), f"{path}",
-                                                      dask=dask)
+                                                      dask=dask, sampling=declared_sampling(spec["dataset"]))
             on_error.callback(attributions[name].close)
         analyses = {}
         for block in spec.get("analyses") or []:
@@ -214,7 +214,8 @@ def is_relaylab_yaml(spec: dict) -> bool:
 def open_inputs(dataset: dict, folder: Path, label_map: xr.Dataset, project_file: str, dask: bool = True) -> xr.Dataset:
     source = folder / dataset["path"]
     if dataset["type"] == "hdf5":
-        inputs = open_virelay_dataset(source, kind="input", layout=dataset.get("layout"), value_range=dataset.get("value_range"))
+        inputs = open_virelay_dataset(source, kind="input", layout=dataset.get("layout"), value_range=dataset.get("value_range"),
+                                      sampling=declared_sampling(dataset))
     else:
         from .imagedir import open_image_directory
 
@@ -252,13 +253,26 @@ def dask_chunks(ds: xr.Dataset) -> dict:
     return chunks
 
 
+def declared_sampling(dataset: dict):
+    """The input size and sampling methods a project file declares for its dataset (`imagedir.Sampling`), or None
+    without a size: image folders are brought to it, and so are per-sample HDF5 arrays of different shapes (inputs
+    and attributions), which ViRelAy's per-sample groups exist for."""
+    width, height = dataset.get("input_width"), dataset.get("input_height")
+    if width is None or height is None:
+        return None
+    from .imagedir import Sampling
+
+    return Sampling(width, height, dataset.get("up_sampling_method") or "none", dataset.get("down_sampling_method") or "none")
+
+
 def open_attribution_set(block: dict, folder: Path, inputs: xr.Dataset, label_map: xr.Dataset, model: str,
-                         project_file: str, dask: bool = True) -> xr.Dataset:
-    """All sources of one attribution set as one Dataset along `sample` (the dataset index of each row)."""
+                         project_file: str, dask: bool = True, sampling=None) -> xr.Dataset:
+    """All sources of one attribution set as one Dataset along `sample` (the dataset index of each row);
+    `sampling` (`declared_sampling`) brings per-sample attributions of different shapes to the input size."""
     parts = []
     with ExitStack() as on_error:
         for source in block["sources"]:
-            part = open_virelay_dataset(folder / source, kind="attribution")
+            part = open_virelay_dataset(folder / source, kind="attribution", sampling=sampling)
             on_error.callback(part.close)
             check_attribution_part(part, inputs, str(folder / source))
             parts.append(part.chunk(dask_chunks(part)) if dask or len(block["sources"]) > 1 else part)

@@ -14,11 +14,12 @@ from tqdm.auto import tqdm
 
 from ..errors import Problem, RelaylabError
 from . import store as zstore
-from .hdf5 import open_h5, analysis_problems
+from .hdf5 import analysis_problems, image_group_problems, open_h5
 from .dims import CLASS, SAMPLE
 from .labels import label_map_problems, read_label_map_json
 from .schema import schema_problems
-from .project import (Project, attribution_blocks, open_project, project_file_problems, read_project_yaml)
+from .project import (Project, attribution_blocks, declared_sampling, open_project, project_file_problems,
+                      read_project_yaml)
 
 BLOCK_BYTES = 64 * 2**20  # samples checked at a time: bounded memory, few reads
 
@@ -88,9 +89,11 @@ def yaml_file_problems(spec: dict, folder: Path) -> list[Problem]:
                                              **{k: dataset.get(k) for k in keys})
     elif dataset["type"] == "hdf5":
         problems += h5_file_problems(folder / dataset["path"], ("data", "label"))
+        problems += image_group_problems(folder / dataset["path"], "data", dataset.get("layout"), declared_sampling(dataset))
     for block in attribution_blocks(spec):
         for source in block["sources"]:
             problems += h5_file_problems(folder / source, ("attribution", "prediction", "label"))
+            problems += image_group_problems(folder / source, "attribution", None, declared_sampling(dataset))
     for block in spec.get("analyses") or []:
         for source in block["sources"]:
             try:
