@@ -1,13 +1,14 @@
 """The relaylab explorer as a Panel app: `panel serve apps/explorer.py --args PROJECT...`.
 
 Projects come from `--args`, else from $RELAYLAB_PROJECTS (os.pathsep-separated, for deployments with several
-server processes), else the built-in demo project (built on first use). `relaylab serve PROJECT...` runs the same app.
+server processes), else from $VIRELAY_PROJECTS (`:`-separated, as ViRelAy reads it), else the built-in demo project
+(built on first use). `relaylab serve PROJECT...` runs the same app.
 """
 
-import os
 import sys
 
 from relaylab.explore.app import build_app
+from relaylab.explore.commands import environment_projects
 from relaylab.explore.embedding import warm_up
 
 
@@ -15,14 +16,14 @@ def project_paths() -> tuple[list[str], str | None]:
     """The projects to serve, and a message for the page when there are none."""
     if sys.argv[1:]:
         return sys.argv[1:], None
-    listed = [p for p in os.environ.get("RELAYLAB_PROJECTS", "").split(os.pathsep) if p]
+    listed = environment_projects()
     if listed:
         return listed, None
     try:
         from relaylab.demo import ensure_demo
     except ImportError:
         return [], ("no projects given and this relaylab has no demo: pass projects with "
-                    "`panel serve apps/explorer.py --args PROJECT...` or set RELAYLAB_PROJECTS")
+                    "`panel serve apps/explorer.py --args PROJECT...` or set RELAYLAB_PROJECTS or VIRELAY_PROJECTS")
     return [str(ensure_demo())], None
 
 

@@ -8,12 +8,14 @@ from pathlib import Path
 
 @dataclass(frozen=True)
 class Problem:
-    """One thing wrong with a project: where it is and what was expected there."""
+    """One thing wrong with a project: where it is and what was expected there. A "warning" is input that is
+    accepted on an assumption, which `found` states; an "error" stops the input from being used."""
 
     file: str
     path: str
     expected: str
     found: str = ""
+    level: str = "error"  # "error" | "warning"
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.path}" if self.path else self.file

@@ -1,6 +1,6 @@
 """Colour maps as ViRelAy and zennit define them, heatmap normalisation, lossless PNGs, ViRelAy's sampling rule, the PNG
 cache, the image route on a real Panel server (`pn.serve` in this process and `panel serve` in a child process), and the
-explorer served by `relaylab serve` and by `panel serve apps/explorer.py` with $RELAYLAB_PROJECTS."""
+explorer served by `relaylab serve` and by `panel serve apps/explorer.py` with $RELAYLAB_PROJECTS or $VIRELAY_PROJECTS."""
 
 from __future__ import annotations
 
@@ -392,6 +392,59 @@ def test_the_explorer_app_serves_every_project_named_in_relaylab_projects(make_p
         assert not any("could not be opened" in text or "No project to show" in text for text in texts)
         _, texts = session_texts(port, "/explorer", project="second")  # a share link of the second tab
         assert any('class="rl-footer" data-project="second"' in text for text in texts)
+
+
+@pytest.mark.parametrize("both", [False, True], ids=["virelay-projects", "both-set"])
+def test_the_explorer_app_serves_the_projects_named_in_virelay_projects(make_project, tmp_path, both):
+    """`panel serve apps/explorer.py` without --args reads ViRelAy's $VIRELAY_PROJECTS (`:`-separated, as ViRelAy's WSGI
+    app reads it) when $RELAYLAB_PROJECTS is not set; when both are, RELAYLAB_PROJECTS is served and VIRELAY_PROJECTS
+    ignored."""
+    first, second = make_project("first", n_samples=20), make_project("second", n_samples=20, seed=3)
+    own = make_project("own", n_samples=20, seed=5)
+    port = free_port()
+    command = [sys.executable, "-m", "panel", "serve", "apps/explorer.py", "--port", str(port), "--address", "127.0.0.1", "--warm"]
+    env = {"VIRELAY_PROJECTS": f"{first}:{second}", "RELAYLAB_PROJECTS": str(own) if both else ""}
+    with child_server(command, port, "/explorer", tmp_path / "explorer.log", env=env, timeout=300):
+        tabs, texts = session_texts(port, "/explorer")
+        assert tabs == (["own"] if both else ["first", "second"])
+        assert not any("could not be opened" in text or "No project to show" in text for text in texts)
+
+
+def test_relaylab_serve_without_projects_reads_relaylab_then_virelay_projects(make_project, tmp_path, cli, monkeypatch, caplog):
+    """`relaylab serve` (server start replaced by a recorder): PROJECT arguments, else $RELAYLAB_PROJECTS, else
+    $VIRELAY_PROJECTS (split at `:` on every system, relative paths from the working folder, as ViRelAy does)."""
+    from relaylab.explore import app as explorer_app
+    from relaylab.explore import embedding
+    from relaylab.explore.commands import environment_projects
+
+    first, second, own = (make_project(name, n_samples=20) for name in ("first", "second", "own"))
+    served = []
+    monkeypatch.setattr(pn, "serve", lambda apps, **kwargs: served.append(apps["/"]()))
+    monkeypatch.setattr(explorer_app, "build_app", lambda paths: list(paths))
+    monkeypatch.setattr(embedding, "warm_up", lambda: None)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("RELAYLAB_PROJECTS", raising=False)
+    monkeypatch.setenv("VIRELAY_PROJECTS", f"{first.relative_to(tmp_path)}:{second.relative_to(tmp_path)}")
+    assert cli("serve", "--no-show").returncode == 0
+    assert served[-1] == [first.resolve(), second.resolve()]
+    monkeypatch.setenv("RELAYLAB_PROJECTS", str(own))
+    with caplog.at_level("WARNING", logger="relaylab.explore.commands"):
+        assert cli("serve", "--no-show").returncode == 0
+    assert served[-1] == [own.resolve()]
+    assert "VIRELAY_PROJECTS (2) is ignored" in caplog.text
+    assert cli("serve", "--no-show", second).returncode == 0 and served[-1] == [second.resolve()]  # arguments first
+    monkeypatch.setenv("RELAYLAB_PROJECTS", "")
+    monkeypatch.setenv("VIRELAY_PROJECTS", f"{first}:{tmp_path / 'missing.yaml'}")
+    refused = cli("serve", "--no-show")  # every project is checked before the server starts
+    assert refused.returncode == 2 and "missing.yaml" in refused.stderr and len(served) == 3
+    monkeypatch.delenv("VIRELAY_PROJECTS")
+    refused = cli("serve", "--no-show")
+    assert refused.returncode == 2 and "RELAYLAB_PROJECTS or VIRELAY_PROJECTS" in refused.stderr and len(served) == 3
+    # ViRelAy splits at ':' on every system; RELAYLAB_PROJECTS follows os.pathsep (';' on Windows)
+    monkeypatch.setattr(os, "pathsep", ";")
+    assert environment_projects({"RELAYLAB_PROJECTS": "a;b"}) == ["a", "b"]
+    assert environment_projects({"VIRELAY_PROJECTS": "a:b::"}) == ["a", "b"]
+    assert environment_projects({"VIRELAY_PROJECTS": "a;b"}) == ["a;b"]
 
 
 def test_outside_a_server_image_url_is_a_data_uri_of_the_same_png(project_path):

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from ..compute import dask_client
 from ..data import store as zstore
 from ..data.dims import SAMPLE
+from ..data.labels import class_category
 from ..data.project import open_project
 from ..errors import Problem, RelaylabError
 from .config import build_spray, config_fingerprint
@@ -26,10 +27,8 @@ log = logging.getLogger(__name__)
 
 
 def category_name(label_map: xr.Dataset, cls: int) -> str:
-    """ViRelAy's convention: the class's WordNet id, else its zero-padded index."""
-    hit = np.flatnonzero(label_map["class"].values == cls)
-    wnid = str(label_map["word_net_id"].values[hit[0]]) if hit.size else ""
-    return wnid or f"{cls:08d}"
+    """ViRelAy's convention: the class's WordNet id, else (no id, or one that repeats) its zero-padded index."""
+    return class_category(label_map, cls)
 
 
 def categories(attributions: xr.Dataset, grouping: str, label_map: xr.Dataset) -> dict[str, np.ndarray]:

@@ -14,15 +14,17 @@ from ..cli import EXIT_OK, EXIT_PROBLEMS, RAW
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from .validate import projects_problems
+    from .validate import errors, projects_problems
 
-    problems = projects_problems(args.projects, progress=not args.quiet)
-    for problem in problems:
-        print(problem)
+    found = projects_problems(args.projects, progress=not args.quiet)
+    problems = errors(found)
+    for problem in found:
+        print(f"warning: {problem}" if problem.level == "warning" else problem)
     if problems:
         print(f"{len(problems)} problem{'s' if len(problems) != 1 else ''} found", file=sys.stderr)
         return EXIT_PROBLEMS
-    print(f"ok: {', '.join(map(str, args.projects))}")
+    warned = len(found) - len(problems)
+    print(f"ok: {', '.join(map(str, args.projects))}" + (f" ({warned} warning{'s' if warned != 1 else ''})" if warned else ""))
     return EXIT_OK
 
 
@@ -62,8 +64,10 @@ def add_commands(commands) -> None:
         formatter_class=RAW,
         description="Check one or more projects and list every problem, each with its file, the path inside the\n"
                     "file and what was expected. Reads all arrays (labels against the label map, NaN/inf in\n"
-                    "attributions, analysis indices in range). Projects given together must have distinct names.\n\n"
-                    "Exit status: 0 when clean, 2 when problems were found.")
+                    "attributions, analysis indices in range). Projects given together must have distinct names.\n"
+                    "Input that is accepted on an assumption (e.g. a label map without unique WordNet ids, whose\n"
+                    "classes are then keyed by index) gets a line starting 'warning:' that says what was assumed.\n\n"
+                    "Exit status: 0 when clean or only warned about, 2 when problems were found.")
     validate.add_argument("projects", nargs="+", type=Path, metavar="PROJECT")
     validate.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     validate.set_defaults(run=cmd_validate)

@@ -22,7 +22,7 @@ from ..errors import Problem, RelaylabError
 from . import store as zstore
 from .hdf5 import Readahead, guess_value_range
 from .dims import SAMPLE
-from .labels import label_map_entries
+from .labels import virelay_label_map_entries
 from .project import Project, open_project
 from .validate import analysis_index_problems, label_problems, nonfinite_problems, source_file
 
@@ -145,7 +145,7 @@ def write_sample_array(h5: h5py.File, name: str, values: xr.DataArray, progress:
 
 
 def write_virelay(project: Project, folder: Path, attribution: str | None, progress: bool) -> None:
-    (folder / "label-map.json").write_text(json.dumps(label_map_entries(project.label_map), indent=2))
+    (folder / "label-map.json").write_text(json.dumps(virelay_label_map_entries(project.label_map), indent=2))
     inputs = project.inputs
     with h5py.File(folder / "dataset.h5", "w") as h5:
         write_sample_array(h5, "data", inputs["input"], progress, "dataset.h5")

@@ -32,7 +32,7 @@ from xarray.core import indexing
 from ..compute import usable_cores
 from ..errors import Problem, RelaylabError
 from .dims import CLASS, IMAGE_DIMS, SAMPLE
-from .labels import load_label_map
+from .labels import class_by_word_net_id, load_label_map
 
 log = logging.getLogger(__name__)
 
@@ -270,7 +270,7 @@ def label_problems_and_classes(files: list[str], folder: str, label_map: xr.Data
             return index if index in known else None
     else:
         key, regex, what = LABEL_REGEX_KEYS[1], re.compile(label_word_net_id_regex), "a WordNet id in the label map"
-        class_of = dict(zip(label_map["word_net_id"].values.tolist(), label_map[CLASS].values.tolist())).get
+        class_of = class_by_word_net_id(label_map).get  # a repeated id names its first class, as in ViRelAy
     classes = np.full(len(files), -1, dtype=np.int64)
     problems, matched = [], 0
     for i, file in enumerate(files):

@@ -16,7 +16,7 @@ from ..errors import Problem, RelaylabError
 from . import store as zstore
 from .hdf5 import analysis_problems, image_group_problems, open_h5
 from .dims import CLASS, SAMPLE
-from .labels import label_map_problems, read_label_map_json
+from .labels import label_map_problems, label_map_warnings, read_label_map_json
 from .schema import schema_problems
 from .project import (Project, attribution_blocks, declared_sampling, open_project, project_file_problems,
                       read_project_yaml)
@@ -25,6 +25,8 @@ BLOCK_BYTES = 64 * 2**20  # samples checked at a time: bounded memory, few reads
 
 
 def validate(path: str | Path, *, progress: bool = True) -> list[Problem]:
+    """Every problem of a project, label map, viewer state or store; warnings (`Problem.level`) say what was assumed
+    about input that is accepted, and do not stop the checks."""
     path = Path(path)
     if zstore.is_store(path):
         return store_problems(path, progress=progress)
@@ -40,9 +42,14 @@ def validate(path: str | Path, *, progress: bool = True) -> list[Problem]:
     if problems:
         return problems  # the keys the file checks below rely on are wrong: report those first
     problems = yaml_file_problems(data["project"], path.parent)
-    if problems:
+    if errors(problems):
         return problems
-    return opened_problems(path, progress)
+    return problems + opened_problems(path, progress)
+
+
+def errors(problems: list[Problem]) -> list[Problem]:
+    """The problems that stop the input from being used (not the warnings)."""
+    return [p for p in problems if p.level != "warning"]
 
 
 def json_file_problems(path: Path) -> list[Problem]:
@@ -52,7 +59,7 @@ def json_file_problems(path: Path) -> list[Problem]:
     except RelaylabError as error:
         return [Problem(p.file, p.path, "valid JSON", p.found) if "label map" in p.expected else p for p in error.problems]
     if isinstance(data, list):
-        return label_map_problems(data, str(path))
+        return label_map_problems(data, str(path)) or label_map_warnings(data, str(path))
     return viewer_state_problems(data, str(path))
 
 
@@ -73,9 +80,12 @@ def viewer_state_problems(state: object, file: str) -> list[Problem]:
 def yaml_file_problems(spec: dict, folder: Path) -> list[Problem]:
     """Problems of each referenced file on its own (so all of them are listed, not just the first)."""
     problems: list[Problem] = []
+    warnings: list[Problem] = []
     label_map_path = folder / spec["label_map"]
     try:
-        problems += label_map_problems(read_label_map_json(label_map_path), str(label_map_path))
+        entries = read_label_map_json(label_map_path)
+        problems += label_map_problems(entries, str(label_map_path))
+        warnings += [] if problems else label_map_warnings(entries, str(label_map_path))  # type: ignore[arg-type]
     except RelaylabError as error:
         problems += error.problems
     dataset = spec["dataset"]
@@ -101,7 +111,7 @@ def yaml_file_problems(spec: dict, folder: Path) -> list[Problem]:
                     problems += analysis_problems(h5, str(folder / source))
             except RelaylabError as error:
                 problems += error.problems
-    return problems
+    return problems + warnings
 
 
 def h5_file_problems(path: Path, required: tuple[str, ...]) -> list[Problem]:
@@ -246,7 +256,8 @@ def store_problems(path: Path, progress: bool) -> list[Problem]:
                                 "left unfinished by a job that did not complete; run the same command again to resume it"))
     if problems:
         return problems
-    return opened_problems(path, progress)
+    warnings = label_map_warnings(meta["label_map"], str(path), "zarr.json#attributes.relaylab.label_map")
+    return warnings + opened_problems(path, progress)
 
 
 def group_meta_problems(path: Path) -> list[Problem]:

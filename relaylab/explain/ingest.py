@@ -31,7 +31,7 @@ from ..compute import usable_cores
 from ..data import store as zstore
 from ..data.dims import IMAGE_DIMS, SAMPLE
 from ..data.imagedir import READ_ERRORS, ImageFilesArray
-from ..data.labels import label_map_from_entries, label_map_problems, read_label_map_json
+from ..data.labels import class_by_word_net_id, label_map_from_entries, label_map_problems, read_label_map_json
 from . import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import Problem, RelaylabError
 
@@ -153,7 +153,7 @@ def class_entries(folder: Path, classes: list[Path], label_map: str | os.PathLik
     problems = label_map_problems(entries, str(label_map))
     if problems:
         raise RelaylabError(problems)
-    by_wnid = {e["word_net_id"]: e["index"] for e in entries}
+    by_wnid = class_by_word_net_id(label_map_from_entries(entries))  # type: ignore[arg-type]
     by_name = {e["name"]: e["index"] for e in entries}
     index, unknown = {}, []
     for c in classes:

@@ -110,7 +110,7 @@ class ExplorerApp(pn.viewable.Viewer):
             self.show_error("Some projects or analyses could not be opened", problems)
         elif not self.views:
             self.show_error("No project to show", [message or "pass projects: `panel serve apps/explorer.py --args PROJECT...`, "
-                                                   "`relaylab serve PROJECT...`, or set RELAYLAB_PROJECTS"])
+                                                   "`relaylab serve PROJECT...`, or set RELAYLAB_PROJECTS or VIRELAY_PROJECTS"])
         self._apply_session_query()
         self._on_view_change()
         if pn.state.curdoc is not None:
