@@ -4,6 +4,7 @@ CuPy check that a GPU is there when one is asked for, distributed loads when a c
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from contextlib import contextmanager
@@ -60,4 +61,29 @@ def dask_client(scheduler: str | None, where: str, *, local: bool = False, n_wor
         return
     with LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
             Client(cluster) as client:
+        client.run(local_worker_setup, quiet=not logging.getLogger("relaylab").isEnabledFor(logging.INFO))  # quiet without -v
         yield client
+
+
+def local_worker_setup(quiet: bool) -> None:
+    """Run on the workers of relaylab's own LocalCluster, which share this process's terminal.
+
+    Ctrl-C reaches the whole process group: the workers ignore it and this process, which owns the job, stops it
+    and shuts them down (a worker would otherwise die printing a KeyboardInterrupt traceback). With `quiet`, a task
+    that raises is not also logged by its worker ("Compute Failed", with the traceback), nor are the tasks still
+    running when the cluster then shuts down ("... ended with CancelledError"): the exception reaches this process,
+    which reports it in one line (the traceback with -v).
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if quiet:
+        logging.getLogger("distributed.worker").addFilter(_not_a_task_failure)
+        logging.getLogger("distributed.worker.state_machine").addFilter(_not_a_task_failure)
+
+
+def _not_a_task_failure(record: logging.LogRecord) -> bool:
+    message = str(record.msg)
+    return not (message.startswith("Compute Failed") or message.endswith("ended with CancelledError"))

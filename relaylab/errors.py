@@ -1,7 +1,11 @@
-"""Errors that tell the user which file, which path inside it, and what was expected."""
+"""Errors that tell the user which file, which path inside it, and what was expected; and `step`, which names the
+step and file of an unexpected exception so the command line can report it in one line."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,3 +45,43 @@ class RelaylabError(Exception):
 
 class IncompleteStoreError(RelaylabError):
     """A Zarr store (or one of its groups) that a killed job left half-written."""
+
+
+# ------------------------------------------------------------------------------------------- unexpected exceptions
+
+STEP = "relaylab_step"  # the attribute `step` sets on an exception: (what was being done, on which file)
+
+
+@contextmanager
+def step(what: str, file: str | os.PathLike) -> Iterator[None]:
+    """Name what is being done, and on which file, for any unexpected exception raised inside.
+
+    The innermost `step` names it (an exception passing through outer steps keeps the first name it got), so jobs
+    wrap whole phases and the store wraps each block. The exception itself propagates unchanged; `relaylab.cli`
+    turns it into one line ("<step> failed on <file>: <type>: <message>"). RelaylabErrors already say where they
+    come from, and interrupts are not failures: both pass untouched. The name travels with the exception across
+    threads and, pickled with its attributes, from Dask workers.
+    """
+    try:
+        yield
+    except RelaylabError:
+        raise
+    except Exception as error:
+        name_step(error, what, file)
+        raise
+
+
+def name_step(error: BaseException, what: str, file: str | os.PathLike) -> BaseException:
+    """Record (what, file) on `error` unless an inner step already did; returns `error`."""
+    if getattr(error, STEP, None) is None:
+        try:
+            setattr(error, STEP, (what, str(file)))
+        except (AttributeError, TypeError):  # an exception type without instance attributes: reported unnamed
+            pass
+    return error
+
+
+def failed_step(error: BaseException) -> tuple[str, str] | None:
+    """The (step, file) an unexpected exception was raised in, if a `step` named it."""
+    named = getattr(error, STEP, None)
+    return named if isinstance(named, tuple) and len(named) == 2 else None

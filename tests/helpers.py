@@ -47,8 +47,8 @@ def run_cli(*args, cwd: Path | None = None) -> subprocess.CompletedProcess:
 
 def call_cli(capsys, *args) -> CliResult:
     """`relaylab.cli.main(args)` in this process, its output captured with pytest's `capsys`. argparse's refusals
-    (SystemExit) become exit statuses, as in a child process; any other exception propagates and fails the test,
-    which is what "no traceback" means in-process."""
+    (SystemExit) become exit statuses, as in a child process; `main` itself turns any other exception into exit
+    status 1 and one line on stderr (a test that expects success shows that line: assert on `returncode, stderr`)."""
     from relaylab.cli import main
 
     capsys.readouterr()  # drop what came before

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from ..data import store as zstore
 from ..data.dims import SAMPLE
 from ..data.project import open_project
-from ..errors import RelaylabError
+from ..errors import RelaylabError, step
 from .config import EMBEDDINGS
 
 log = logging.getLogger(__name__)
@@ -115,9 +115,10 @@ def analyze_activations(store_path: str | Path, activation_set: str = "activatio
             log.info("analyses/%s is complete, skipping", name)
             written.append(name)
             continue
-        activation = zstore.open_tree(store, f"activations/{activation_set}")[layer]["activation"]
-        pooled, factor = downsample(activation, max_features)
-        embeddings, attrs = embed_layer(np.asarray(pooled.values, dtype=np.float32), method, variance, random_state)
+        with step(f"embedding activations/{activation_set}/{layer}", store):
+            activation = zstore.open_tree(store, f"activations/{activation_set}")[layer]["activation"]
+            pooled, factor = downsample(activation, max_features)
+            embeddings, attrs = embed_layer(np.asarray(pooled.values, dtype=np.float32), method, variance, random_state)
         attrs = {**attrs, "layer": layer, "activation_set": activation_set, "pool_factor": factor,
                  "activation_shape": list(activation.shape[1:])}
         log.info("%s: %d features, %d PCA components keep %.1f%% of the variance", name, attrs["features"],

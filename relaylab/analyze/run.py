@@ -20,7 +20,7 @@ from ..data import store as zstore
 from ..data.dims import SAMPLE
 from ..data.labels import class_category
 from ..data.project import open_project
-from ..errors import Problem, RelaylabError
+from ..errors import Problem, RelaylabError, step
 from .config import build_spray, config_fingerprint
 
 log = logging.getLogger(__name__)
@@ -86,12 +86,12 @@ def analyze(project_path: str | Path, name: str, config: dict, *, scheduler: str
                   f"and {config['spectral'].get('n_components', 32)} eigenvectors need"
                for c, rows in groups.items() if len(rows) < small}
     attrs = {"config": config_fingerprint(config), "attribution": attribution, "grouping": config["grouping"]}
-    writer = zstore.begin_analysis(store, name, attrs)
-    todo = [c for c in writer.pending(groups) if c not in skipped]
-    log.info("%s: %d categories to analyse, %d done before, %d skipped", name, len(todo), len(writer.done), len(skipped))
-    if todo:
-        run_tasks(writer, attribution, {c: groups[c] for c in todo}, config, scheduler, n_workers, progress)
-    writer.finish(skipped=skipped)
+    with zstore.begin_analysis(store, name, attrs) as writer:  # one that fails before any category is not kept
+        todo = [c for c in writer.pending(groups) if c not in skipped]
+        log.info("%s: %d categories to analyse, %d done before, %d skipped", name, len(todo), len(writer.done), len(skipped))
+        if todo:
+            run_tasks(writer, attribution, {c: groups[c] for c in todo}, config, scheduler, n_workers, progress)
+        writer.finish(skipped=skipped)
     return {"done": sorted(writer.done), "skipped": skipped}
 
 
@@ -108,6 +108,8 @@ def run_tasks(writer: zstore.AnalysisWriter, attribution: str, groups: dict[str,
         with tqdm(total=len(futures), desc=writer.group, unit="category", disable=not progress) as bar:
             for future in as_completed(futures):
                 category = futures[future]
-                writer.commit(category, future.result())
+                with step(f"analysing {writer.group}/{category}", store):
+                    result = future.result()
+                writer.commit(category, result)
                 bar.set_postfix_str(category)
                 bar.update()

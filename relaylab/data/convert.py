@@ -18,7 +18,7 @@ import xarray as xr
 import yaml
 from tqdm.auto import tqdm
 
-from ..errors import Problem, RelaylabError
+from ..errors import Problem, RelaylabError, step
 from . import store as zstore
 from .hdf5 import Readahead, guess_value_range
 from .dims import SAMPLE
@@ -34,24 +34,21 @@ def convert_to_zarr(project_path: str | os.PathLike, out: str | os.PathLike, *, 
     """Copy a project into a relaylab Zarr store; a killed conversion resumes when re-run with the same arguments.
 
     Bad content (labels outside the label map, NaN/inf in attributions) stops the conversion and removes the store
-    it started, so no half-written output is left. `compression`: "auto" (LZ4 where it saves at least a fifth,
-    see store.AUTO_MIN_RATIO), "lz4", "zstd" or "none", for inputs and attributions.
+    it started, so no half-written output is left; so does any other failure before a block was committed, while
+    one after keeps the committed blocks for the same command to resume (`store.output_store`). `compression`:
+    "auto" (LZ4 where it saves at least a fifth, see store.AUTO_MIN_RATIO), "lz4", "zstd" or "none", for inputs
+    and attributions.
     """
     if compression not in zstore.COMPRESSIONS:
         raise RelaylabError.at(out, "", f"a compression of {', '.join(zstore.COMPRESSIONS)}", repr(compression))
     out = Path(out)
-    resuming = zstore.is_store(out)
-    with open_project(project_path, dask=False) as project:
-        zstore.create_store(  # refuses foreign or finished outputs before touching them
-            out, project={"name": project.name, "model": project.model, "description": project.metadata.get("description", "")},
-            dataset={"name": project.dataset_name}, label_map=project.label_map, source=str(Path(project_path).resolve()),
-        )
-        try:
-            write_project(project, out, allow_nonfinite=allow_nonfinite, compression=compression, progress=progress)
-        except RelaylabError:
-            if not resuming:
-                zstore.remove(out)
-            raise
+    with open_project(project_path, dask=False) as project, zstore.output_store(out):
+        with step("creating the store", out):
+            zstore.create_store(  # refuses foreign or finished outputs before touching them
+                out, project={"name": project.name, "model": project.model, "description": project.metadata.get("description", "")},
+                dataset={"name": project.dataset_name}, label_map=project.label_map, source=str(Path(project_path).resolve()),
+            )
+        write_project(project, out, allow_nonfinite=allow_nonfinite, compression=compression, progress=progress)
     return out
 
 
@@ -63,7 +60,8 @@ def write_project(project: Project, out: Path, *, allow_nonfinite: bool, compres
         raise RelaylabError(problems)
     write_samples(project, out, allow_nonfinite=allow_nonfinite, compression=compression, progress=progress)
     for name, tree in project.analyses.items():
-        zstore.write_analysis(out, name, tree, progress=progress)
+        with step(f"copying analyses/{name}", tree.attrs.get("source_file") or project.path):
+            zstore.write_analysis(out, name, tree, progress=progress)
     zstore.update_store_metadata(out, status="complete")
 
 
@@ -77,7 +75,7 @@ def write_samples(project: Project, out: Path, *, allow_nonfinite: bool, compres
 
     with Readahead(inputs) as readahead:
         zstore.write_dataset(out, "inputs", inputs, kind="inputs", check=check_inputs, readahead=readahead,
-                             compression=compression, progress=progress,
+                             compression=compression, progress=progress, source=input_file or None,
                              attrs={"name": project.dataset_name, "value_range": inputs.attrs.get("value_range")})
     if inputs.attrs.get("value_range") is None:
         stored = zstore.open_group(out, "inputs")["input"].data
@@ -98,7 +96,7 @@ def write_samples(project: Project, out: Path, *, allow_nonfinite: bool, compres
         with Readahead(attributions) as readahead:
             zstore.write_dataset(out, f"attributions/{name}", attributions, kind="attributions",
                                  check=check_attributions, readahead=readahead, compression=compression,
-                                 progress=progress, attrs=provenance)
+                                 progress=progress, attrs=provenance, source=file or None)
 
 
 # ----------------------------------------------------------------------------------------------- back to ViRelAy

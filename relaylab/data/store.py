@@ -15,6 +15,11 @@ without touching its neighbours, and ~32 MiB per shard, so batch jobs read big s
 in shard-aligned blocks; each block's completion is recorded in `_progress`, so a killed writer restarted with the
 same input resumes after the last finished block. Groups carry attrs["relaylab"]["status"]: readers refuse a group
 (or a store) that is not "complete".
+
+A job that fails keeps what it committed (a block is recorded only after its data is stored) and removes what it
+began and never got to commit to: a group it created with no block written, a store (`output_store`) it created
+with nothing in it, so no "writing" group is left that nothing can finish. Each block is read and written inside a
+`relaylab.errors.step`, so an unexpected exception says which group, which samples and which file it came from.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import math
 import shutil
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 import numcodecs
@@ -37,7 +43,7 @@ from zarr.storage import MemoryStore
 
 from .. import __version__
 from ..compute import usable_cores
-from ..errors import IncompleteStoreError, Problem, RelaylabError
+from ..errors import IncompleteStoreError, Problem, RelaylabError, step
 from .dims import SAMPLE
 from .labels import label_map_entries, label_map_from_entries
 from .shards import ShardWriter
@@ -226,12 +232,16 @@ class SampleGroupWriter:
     `b` and records it, `finish()` marks the group complete. Blocks are whole shards, so each lands in files of its
     own; a block's values are `{variable: array}` for a plain group, `{"child/variable": array}` for a group of groups.
     Coordinates along `sample` (e.g. `label`) left out of a block are taken from the data the group was begun with.
+
+    Used as a context manager, a group this writer `created` is removed when the `with` body fails before any block
+    was committed: nothing is lost, and no empty "writing" group is left to block a run with other settings.
     """
 
     def __init__(self, path: Path, group: str, variables: list[str], n: int, rows: int, meta: dict,
-                 coords: dict[str, xr.DataArray] | None = None):
+                 coords: dict[str, xr.DataArray] | None = None, created: bool = False):
         self.path, self.group, self.variables, self.n, self.rows, self.meta = path, group, variables, n, rows, meta
         self.coords = coords or {}
+        self.created = created
         self.n_blocks = max(1, math.ceil(n / rows))
         self._root = _root(path, mode="r+")
         self._arrays = {name: self._root[f"{group}/{name}"] for name in variables}
@@ -254,22 +264,24 @@ class SampleGroupWriter:
     def encode(self, b: int, values: dict[str, np.ndarray]) -> dict:
         """Block `b` made ready to store: whole shards encoded (on all cores), other variables as they are."""
         sl = self.rows_of(b)
-        values = {**{name: coord[sl].values for name, coord in self.coords.items() if name not in values}, **values}
-        missing = set(self.variables) - set(values)
-        if missing:
-            raise ValueError(f"block {b} of {self.group} lacks {', '.join(sorted(missing))}")
-        return {name: encoded if writer is not None and (encoded := writer.encode(sl, values[name])) is not None else values[name]
-                for name, writer in self._writers.items()}
+        with step(f"encoding {self.group} {samples(sl)}", self.path):
+            values = {**{name: coord[sl].values for name, coord in self.coords.items() if name not in values}, **values}
+            missing = set(self.variables) - set(values)
+            if missing:
+                raise ValueError(f"block {b} of {self.group} lacks {', '.join(sorted(missing))}")
+            return {name: encoded if writer is not None and (encoded := writer.encode(sl, values[name])) is not None else values[name]
+                    for name, writer in self._writers.items()}
 
     def store(self, b: int, encoded: dict) -> None:
-        """Write an encoded block, then record it as done (a kill before that redoes the whole block)."""
+        """Write an encoded block, then record it as done (a kill or failure before that redoes the whole block)."""
         sl = self.rows_of(b)
-        for name, value in encoded.items():
-            if isinstance(value, list):  # shards from `encode`
-                self._writers[name].store(value)
-            else:
-                self._arrays[name][sl] = value
-        self._root[progress_key(self.group)][b] = True
+        with step(f"writing {self.group} {samples(sl)}", self.path):
+            for name, value in encoded.items():
+                if isinstance(value, list):  # shards from `encode`
+                    self._writers[name].store(value)
+                else:
+                    self._arrays[name][sl] = value
+            self._root[progress_key(self.group)][b] = True
 
     def commit(self, b: int, values: dict[str, np.ndarray]) -> None:
         self.store(b, self.encode(b, values))
@@ -287,11 +299,24 @@ class SampleGroupWriter:
     def close(self) -> None:
         self._pool.shutdown()
 
+    def discard_if_unstarted(self) -> None:
+        """Remove the group if this writer created it and no block of it is committed (after a failure)."""
+        if not self.created or self.complete:
+            return
+        try:
+            if len(self.pending()) == self.n_blocks:
+                remove_group(self.path, self.group)
+                log.info("removed %s/%s: the job stopped before writing any of it", self.path, self.group)
+        except Exception as error:  # never hide the failure being handled behind one of cleaning up
+            log.warning("could not remove the unstarted group %s/%s: %s", self.path, self.group, error)
+
     def __enter__(self) -> SampleGroupWriter:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, kind, error, traceback) -> None:
         self.close()
+        if error is not None:
+            self.discard_if_unstarted()
 
 
 def begin_samples(path: str | Path, group: str, data: xr.Dataset | Mapping[str, xr.Dataset], *, kind: str,
@@ -322,27 +347,44 @@ def begin_samples(path: str | Path, group: str, data: xr.Dataset | Mapping[str, 
     if meta is not None and meta.get("fingerprint") != stamp:
         raise RelaylabError.at(path, group, "a group written from the same source data and settings, to resume it",
                                "one written with other settings or from other data; delete it or write to another name")
-    if meta is None:
-        if "" not in children:
-            root.create_group(group, overwrite=True)
-        chosen = {}
-        for child, ds in children.items():
-            choice = choose_compression(ds, compression)
-            _create_template(path, f"{group}/{child}".rstrip("/"), ds, shard, choice)
-            chosen.update({f"{child}/{name}".lstrip("/"): value for name, value in choice.items()})
-        root = _root(path, mode="r+")
-        n_blocks = max(1, math.ceil(n / rows))
-        root.create_array(progress_key(group), shape=(n_blocks,), chunks=(1,), dtype=bool, fill_value=False, overwrite=True,
-                          attributes={"group": group})
-        meta = {"kind": kind, "fingerprint": stamp, "block_rows": shard, "write_rows": rows, "compression": chosen,
-                **(attrs or {}), "status": "writing", "blocks": n_blocks}
-        root[group].attrs["relaylab"] = meta
+    created = meta is None
+    if created:
+        try:
+            with step(f"creating {group}", path):
+                meta = _create_group(path, group, children, kind, attrs, stamp, n, rows, shard, compression)
+        except BaseException:  # a half-made group (no metadata, or no progress record) is removed, not left behind
+            try:
+                remove_group(path, group)
+            except Exception as error:
+                log.warning("could not remove the half-made group %s/%s: %s", path, group, error)
+            raise
     elif meta.get("status") == "complete":
         log.info("%s/%s is complete, skipping", path, group)
     variables = [f"{child}/{name}".lstrip("/") for child, ds in children.items() for name in sample_variables(ds)]
     coords = {f"{child}/{name}".lstrip("/"): ds[name] for child, ds in children.items() for name in sample_variables(ds)
               if name in ds.coords}
-    return SampleGroupWriter(path, group, variables, n, rows, meta, coords)
+    return SampleGroupWriter(path, group, variables, n, rows, meta, coords, created=created)
+
+
+def _create_group(path: Path, group: str, children: dict[str, xr.Dataset], kind: str, attrs: dict | None, stamp: str,
+                  n: int, rows: int, shard: int, compression: str) -> dict:
+    """Lay out a new group (empty arrays, a progress record of its blocks), its metadata written last; returns it."""
+    root = _root(path, mode="r+")
+    if "" not in children:
+        root.create_group(group, overwrite=True)
+    chosen = {}
+    for child, ds in children.items():
+        choice = choose_compression(ds, compression)
+        _create_template(path, f"{group}/{child}".rstrip("/"), ds, shard, choice)
+        chosen.update({f"{child}/{name}".lstrip("/"): value for name, value in choice.items()})
+    root = _root(path, mode="r+")
+    n_blocks = max(1, math.ceil(n / rows))
+    root.create_array(progress_key(group), shape=(n_blocks,), chunks=(1,), dtype=bool, fill_value=False, overwrite=True,
+                      attributes={"group": group})
+    meta = {"kind": kind, "fingerprint": stamp, "block_rows": shard, "write_rows": rows, "compression": chosen,
+            **(attrs or {}), "status": "writing", "blocks": n_blocks}
+    root[group].attrs["relaylab"] = meta
+    return meta
 
 
 def _create_template(path: Path, group: str, ds: xr.Dataset, shard: int, compression: str | dict[str, str]) -> None:
@@ -362,22 +404,27 @@ def _create_template(path: Path, group: str, ds: xr.Dataset, shard: int, compres
 
 def write_dataset(path: str | Path, group: str, ds: xr.Dataset, *, kind: str, attrs: dict | None = None,
                   check: BlockCheck | None = None, readahead: Callable[[slice], None] | None = None,
-                  compression: str = "lz4", rows: int | None = None, progress: bool = True) -> None:
+                  compression: str = "lz4", rows: int | None = None, progress: bool = True, source: str | None = None) -> None:
     """Copy `ds` into `group` block by block (`begin_samples`), resuming a killed copy of the same data.
 
     `check(block, rows)` may return problems found in a block (e.g. NaN); they stop the write before that block
     lands, and are raised as a RelaylabError. `readahead(rows)` is told each block's rows one block before they are
     read (e.g. `hdf5.Readahead`), so the source can fetch them while the current block is read. Block i is encoded
-    while block i-1 is stored and block i+1 is read.
+    while block i-1 is stored and block i+1 is read. `source` names the file an unexpected exception while reading
+    or checking a block came from (default: `ds.attrs["source_file"]`, else the store).
     """
+    source = source or ds.attrs.get("source_file") or str(path)
     with begin_samples(path, group, ds, kind=kind, attrs=attrs, rows=rows, compression=compression) as writer:
         todo = writer.pending()
         names = writer.variables
         with tqdm(total=writer.n, initial=writer.n - sum(_size(writer.rows_of(b)) for b in todo), unit="sample", desc=group,
-                  disable=not progress, leave=False) as bar, ThreadPoolExecutor(max_workers=1) as storing:
+                  disable=not progress, leave=False) as bar, ThreadPoolExecutor(max_workers=1) as storing, \
+                closing(_prefetch(ds[names], [writer.rows_of(b) for b in todo], readahead)) as blocks:
             stored = None
-            for b, block in _prefetch(ds[names], [writer.rows_of(b) for b in todo], readahead):
-                problems = check(block, writer.rows_of(todo[b])) if check else []
+            for b in range(len(todo)):
+                with step(f"reading {group} {samples(writer.rows_of(todo[b]))}", source):
+                    _, block = next(blocks)
+                    problems = check(block, writer.rows_of(todo[b])) if check else []
                 if problems:
                     raise RelaylabError(problems)  # leaving the `with` waits for the previous block to be stored
                 encoded = writer.encode(todo[b], {name: block[name].values for name in names})
@@ -391,6 +438,11 @@ def write_dataset(path: str | Path, group: str, ds: xr.Dataset, *, kind: str, at
 
 def _size(rows: slice) -> int:
     return rows.stop - rows.start
+
+
+def samples(rows: slice) -> str:
+    """Rows for a message: "samples 64–127", "sample 3"."""
+    return f"sample {rows.start}" if _size(rows) == 1 else f"samples {rows.start}–{rows.stop - 1}"
 
 
 def update_group_meta(path: str | Path, group: str, **changes) -> None:
@@ -495,10 +547,24 @@ def list_groups(path: str | Path, parent: str) -> list[str]:
 
 class AnalysisWriter:
     """An analysis written category by category, resumable: made by `begin_analysis`. The same verbs as
-    `SampleGroupWriter`, with categories for blocks: `pending(categories)`, `commit(category, tree)`, `finish()`."""
+    `SampleGroupWriter`, with categories for blocks: `pending(categories)`, `commit(category, tree)`, `finish()`;
+    as a context manager, an analysis this writer `created` is removed if the `with` body fails before any category
+    was committed."""
 
-    def __init__(self, path: Path, name: str, done: set[str]):
+    def __init__(self, path: Path, name: str, done: set[str], created: bool = False):
         self.path, self.name, self.group, self.done = path, name, f"analyses/{name}", done
+        self.created = created
+
+    def __enter__(self) -> AnalysisWriter:
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        if error is not None and self.created and not self.done:
+            try:
+                remove_group(self.path, self.group)
+                log.info("removed %s/%s: the job stopped before writing any of it", self.path, self.group)
+            except Exception as cleanup:  # never hide the failure being handled behind one of cleaning up
+                log.warning("could not remove the unstarted analysis %s/%s: %s", self.path, self.group, cleanup)
 
     def pending(self, categories: Iterable[str]) -> list[str]:
         return [c for c in categories if c not in self.done]
@@ -509,6 +575,11 @@ class AnalysisWriter:
         The nodes are encoded by xarray into an in-memory Zarr store, then copied to disk file by file with the
         category's own metadata (which carries status "complete") last: zarr's local store pays event-loop round trips
         per small array, which dominate an analysis of many small categories."""
+        with step(f"writing {self.group}/{category}", self.path):
+            self._commit(category, tree)
+        self.done.add(category)
+
+    def _commit(self, category: str, tree: xr.DataTree) -> None:
         staged = MemoryStore()
         for node in tree.subtree:  # the category's own node comes first
             node_ds = node.to_dataset(inherit=False)
@@ -525,7 +596,6 @@ class AnalysisWriter:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 made.add(target.parent)
             target.write_bytes(staged._store_dict[key].to_bytes())
-        self.done.add(category)
 
     def finish(self, **attrs) -> None:
         """Every category is committed: status "complete", plus `attrs` (e.g. the categories skipped)."""
@@ -547,7 +617,7 @@ def begin_analysis(path: str | Path, name: str, attrs: dict | None = None, *, re
         meta = None
     if meta is None:
         root.create_group(group, overwrite=True, attributes={"relaylab": {"kind": "analysis", "status": "writing", **(attrs or {})}})
-        return AnalysisWriter(path, name, set())
+        return AnalysisWriter(path, name, set(), created=True)
     done = {c for c, _ in root[group].groups() if (group_meta(root, f"{group}/{c}") or {}).get("status") == "complete"}
     return AnalysisWriter(path, name, done)
 
@@ -555,14 +625,14 @@ def begin_analysis(path: str | Path, name: str, attrs: dict | None = None, *, re
 def write_analysis(path: str | Path, name: str, tree: xr.DataTree, *, attrs: dict | None = None, replace: bool = False,
                    progress: bool = True) -> None:
     """Write an analysis category by category; finished categories are kept when a killed write is resumed."""
-    writer = begin_analysis(path, name, attrs, replace=replace)
-    todo = writer.pending(tree.children)
-    # each node is ~10 small file operations, mostly waiting on the file system: categories are written side by side
-    with ThreadPoolExecutor(max_workers=8) as pool, \
-            tqdm(total=len(todo), desc=f"analyses/{name}", unit="category", disable=not progress, leave=False) as bar:
-        for _ in pool.map(lambda category: writer.commit(category, tree[category]), todo):
-            bar.update()
-    writer.finish()
+    with begin_analysis(path, name, attrs, replace=replace) as writer:
+        todo = writer.pending(tree.children)
+        # each node is ~10 small file operations, mostly waiting on the file system: categories are written side by side
+        with ThreadPoolExecutor(max_workers=8) as pool, \
+                tqdm(total=len(todo), desc=f"analyses/{name}", unit="category", disable=not progress, leave=False) as bar:
+            for _ in pool.map(lambda category: writer.commit(category, tree[category]), todo):
+                bar.update()
+        writer.finish()
 
 
 def open_analysis(path: str | Path, name: str, *, chunks: dict | None = {}) -> xr.DataTree:  # noqa: B006 (never mutated)
@@ -585,3 +655,33 @@ def open_analysis(path: str | Path, name: str, *, chunks: dict | None = {}) -> x
 def remove(path: str | Path) -> None:
     """Delete an output this run created (used when bad input is found part-way, so nothing half-written remains)."""
     shutil.rmtree(path, ignore_errors=True)
+
+
+def committed_anything(path: str | Path) -> bool:
+    """Whether the store at `path` holds committed work: a complete group (or analysis category), or a block
+    recorded in `_progress`. A store too broken to tell holds none."""
+    try:
+        root = _root(path)
+        if PROGRESS in root and any(bool(np.any(array[:])) for _, array in root[PROGRESS].arrays()):
+            return True
+        return any(meta.get("status") == "complete" for meta in group_metas(path).values())
+    except (RelaylabError, OSError, KeyError, ValueError, TypeError):
+        return False
+
+
+@contextmanager
+def output_store(path: str | Path, *, bad_input_removes: bool = True) -> Iterator[Path]:
+    """Guard a job that makes the store at `path` (convert, ingest): when the body fails, a store this run created
+    is removed if nothing in it was committed, or, with `bad_input_removes`, on bad input (a RelaylabError, which
+    would stop a re-run at the same place anyway). A store that was there before stays as it is, resumable; so does
+    one with committed blocks, whatever stopped it (a bug, a full disk, Ctrl-C)."""
+    path = Path(path)
+    resuming = is_store(path)
+    try:
+        yield path
+    except BaseException as error:
+        if not resuming and is_store(path) and ((bad_input_removes and isinstance(error, RelaylabError))
+                                                or not committed_anything(path)):
+            remove(path)
+            log.info("removed %s: the job that created it stopped (%s)", path, type(error).__name__)
+        raise

@@ -33,7 +33,7 @@ from ..data.dims import IMAGE_DIMS, SAMPLE
 from ..data.imagedir import READ_ERRORS, ImageFilesArray
 from ..data.labels import class_by_word_net_id, label_map_from_entries, label_map_problems, read_label_map_json
 from . import IMAGENET_MEAN, IMAGENET_STD
-from ..errors import Problem, RelaylabError
+from ..errors import Problem, RelaylabError, name_step, step
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +94,9 @@ def read_sample(file: str, prep: Preprocessing) -> np.ndarray:
     except READ_ERRORS as error:  # the scan decoded it: the file changed since
         raise RelaylabError.at(file, "", "an image file Pillow can read (it could when the ingest began)",
                                f"{type(error).__name__}: {error}; run the same ingest again") from None
+    except Exception as error:  # anything else is reported as this image's failure (see relaylab.errors.step)
+        name_step(error, "decoding and resizing", file)
+        raise
 
 
 def scan_problem(file: str) -> str | None:
@@ -227,20 +230,24 @@ def ingest(folder: str | os.PathLike, out: str | os.PathLike, *, size: tuple[int
         raise RelaylabError.at(folder, "", "at least one image Pillow can read", f"{len(skipped)} files, none readable")
 
     dataset = {"name": folder.name, "source_folder": source, "preprocessing": prep.to_dict(), "skipped": skipped}
-    zstore.create_store(out, project={"name": folder.name, "model": "", "description": f"images of {source}"},
-                        dataset=dataset, label_map=label_map_from_entries(entries), source=source)
-    zstore.update_store_metadata(out, dataset=dataset)  # a resumed ingest records this scan's findings
-    array = ImageFilesArray(tuple(path for _, _, path in kept), functools.partial(read_sample, prep=prep), (3, prep.height, prep.width))
-    inputs = xr.Dataset(
-        {"input": xr.Variable(IMAGE_DIMS, indexing.LazilyIndexedArray(array))},
-        coords={SAMPLE: np.arange(len(kept), dtype=np.int64),
-                "label": (SAMPLE, np.array([class_index[c] for c, _, _ in kept], dtype=np.int64)),
-                "path": (SAMPLE, np.array([rel for _, rel, _ in kept], dtype=np.dtypes.StringDType()))},
-        attrs={"kind": "input", "value_range": [0.0, 255.0], "source_file": source, "preprocessing": prep.to_dict()},
-    )
-    # one shard per write block: decoding, not copying, is the work here, and a kill loses at most one shard of it
-    zstore.write_dataset(out, "inputs", inputs, kind="inputs", rows=zstore.block_rows(inputs), progress=progress,
-                         attrs={"name": folder.name, "value_range": [0.0, 255.0]})
-    zstore.update_store_metadata(out, status="complete")
+    # a failure keeps the blocks written (a changed image is fixed and the ingest resumed), and a store that has none
+    # is removed
+    with zstore.output_store(out, bad_input_removes=False):
+        with step("creating the store", out):
+            zstore.create_store(out, project={"name": folder.name, "model": "", "description": f"images of {source}"},
+                                dataset=dataset, label_map=label_map_from_entries(entries), source=source)
+            zstore.update_store_metadata(out, dataset=dataset)  # a resumed ingest records this scan's findings
+        array = ImageFilesArray(tuple(path for _, _, path in kept), functools.partial(read_sample, prep=prep), (3, prep.height, prep.width))
+        inputs = xr.Dataset(
+            {"input": xr.Variable(IMAGE_DIMS, indexing.LazilyIndexedArray(array))},
+            coords={SAMPLE: np.arange(len(kept), dtype=np.int64),
+                    "label": (SAMPLE, np.array([class_index[c] for c, _, _ in kept], dtype=np.int64)),
+                    "path": (SAMPLE, np.array([rel for _, rel, _ in kept], dtype=np.dtypes.StringDType()))},
+            attrs={"kind": "input", "value_range": [0.0, 255.0], "source_file": source, "preprocessing": prep.to_dict()},
+        )
+        # one shard per write block: decoding, not copying, is the work here, and a kill loses at most one shard of it
+        zstore.write_dataset(out, "inputs", inputs, kind="inputs", rows=zstore.block_rows(inputs), progress=progress,
+                             attrs={"name": folder.name, "value_range": [0.0, 255.0]})
+        zstore.update_store_metadata(out, status="complete")
     log.info("ingested %d images of %d classes from %s into %s (%d skipped)", len(kept), len(classes), folder, out, len(skipped))
     return out

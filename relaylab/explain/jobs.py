@@ -30,7 +30,7 @@ from .. import __version__
 from ..compute import dask_client
 from ..data import store as zstore
 from ..data.dims import CLASS, SAMPLE
-from ..errors import RelaylabError
+from ..errors import RelaylabError, step
 from .attribution import Explainer
 from .methods import STRATEGIES, attribution_channels, check_method
 from .models import ModelSpec, check_layers, input_bounds, list_layers, load_model, model_spec_of, preprocess, torch_device
@@ -162,14 +162,17 @@ def run_blocks(writer: zstore.SampleGroupWriter, compute: Callable[[Job, int, in
                client, progress: bool) -> None:
     """Compute every block `writer` still lacks with `compute(job, start, stop)` and commit them in order, then
     finish the group. Blocks run in this process (`client` None), or on a Dask cluster's workers (a window of
-    blocks in flight, each worker loading the model once) while this process writes them."""
+    blocks in flight, each worker loading the model once) while this process writes them. An unexpected exception
+    names the block it stopped at (`relaylab.errors.step`); the blocks before it stay committed."""
     todo = writer.pending()
     bounds = [(writer.rows_of(b).start, writer.rows_of(b).stop) for b in todo]
     with tqdm(total=writer.n, initial=writer.n - sum(stop - start for start, stop in bounds), unit="sample", desc=writer.group,
               disable=not progress, leave=False) as bar:
         results = (in_order(client, compute, job, bounds, f"{writer.group}-{uuid.uuid4().hex[:8]}") if client is not None
                    else (compute(job, start, stop) for start, stop in bounds))
-        for b, (start, stop), values in zip(todo, bounds, results):
+        for b, (start, stop) in zip(todo, bounds):
+            with step(f"computing {writer.group} {zstore.samples(writer.rows_of(b))}", writer.path):
+                values = next(results)
             writer.commit(b, values)
             bar.update(stop - start)
     writer.finish()
