@@ -126,9 +126,20 @@ def test_unknown_step_and_small_categories(planted, tmp_path, cli, dask_cluster)
     assert "skipped n00000000: 100 samples, fewer than the 151 that 8 neighbours and 150 eigenvectors need" in result.stdout
 
 
-def test_analyze_needs_a_store(make_project, cli):
-    result = cli("analyze", make_project())
-    assert result.returncode == 2 and "expected a relaylab Zarr store to write the analysis into" in result.stderr
+def test_analyze_of_a_project_yaml_converts_it_once_into_a_store_beside_it(make_project, tmp_path, cli, dask_cluster):
+    project = make_project()
+    config = tmp_path / "spray.yaml"
+    config.write_text(yaml.safe_dump(CONFIG))
+    command = ["analyze", "-q", project, "--name", "spray", "--config", config, "--scheduler", dask_cluster.scheduler_address]
+    result = cli(*command)
+    assert result.returncode == 0, result.stderr
+    store = project.with_suffix(".zarr")
+    assert f"analyses/spray: 3 categories in {store}" in result.stdout
+    converted = (store / "inputs/zarr.json").stat().st_mtime_ns
+    assert cli(*command).returncode == 0
+    assert (store / "inputs/zarr.json").stat().st_mtime_ns == converted
+    with open_project(store) as project:
+        assert sorted(project.analyses) == ["spectral_analysis", "spray"]  # the YAML's own analysis came along
 
 
 def test_score_reports_unreadable_marked_samples_clearly(planted_store, tmp_path, cli):

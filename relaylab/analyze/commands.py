@@ -18,23 +18,28 @@ if TYPE_CHECKING:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
+    from ..data import store as zstore
+    from ..data.workstore import prepare_store
     from .config import load_config
-    from .run import analyze
+    from .run import analyze, check_analysis
 
     config = load_config(args.config)
     for key in ("grouping", "attribution", "device"):
         if getattr(args, key):
             config[key] = getattr(args, key)
-    result = analyze(args.project, args.name, config, scheduler=args.scheduler, n_workers=args.workers,
+    if not zstore.is_store(args.project) and (args.label_map is not None or args.project.is_file()):
+        check_analysis(args.project, config, label_map=args.label_map)  # before a conversion, not after it
+    store = prepare_store(args.project, label_map=args.label_map, store=args.store, progress=not args.quiet)
+    result = analyze(store, args.name, config, scheduler=args.scheduler, n_workers=args.workers,
                      progress=not args.quiet)
-    print(f"analyses/{args.name}: {len(result['done'])} categories in {args.project}")
+    print(f"analyses/{args.name}: {len(result['done'])} categories in {store}")
     for category, reason in result["skipped"].items():
         print(f"skipped {category}: {reason}")
     if args.export_virelay:
         from ..data.convert import export_virelay_analysis
         from ..data.project import open_project
 
-        with open_project(args.project) as project:
+        with open_project(store) as project:
             export_virelay_analysis(project.analyses[args.name], args.export_virelay)
         print(f"wrote {args.export_virelay}")
     return EXIT_OK
@@ -103,8 +108,22 @@ def add_commands(commands) -> None:
                     "affinity, graph Laplacian, eigenvectors, clusterings and 2-D embeddings (see\n"
                     "examples/spray.yaml; the defaults are CoRelAy's). Categories run as Dask tasks on a\n"
                     "LocalCluster, or on the scheduler given with --scheduler. Each finished category is committed to\n"
-                    "PROJECT (a relaylab Zarr store), so a killed run re-run with the same command skips them.")
-    analyze.add_argument("project", type=Path, metavar="PROJECT", help="a relaylab Zarr store")
+                    "a relaylab Zarr store, so a killed run re-run with the same command skips them.\n\n"
+                    "PROJECT is that store, or a project's own files, converted once into a store beside them\n"
+                    "(project.yaml -> project.zarr, attributions.h5 -> attributions.zarr) or at --store:\n"
+                    "  - a ViRelAy or relaylab project YAML;\n"
+                    "  - an attribution HDF5 file with --label-map, CoRelAy's case: `attribution` (N, C, H, W),\n"
+                    "    `label` (N,), optionally `prediction` (N, classes) and `index`, and no dataset file.\n"
+                    "A later run reuses the store; one made from other files, or from these before they changed,\n"
+                    "is refused. Without predictions, group by true_label (the default) or all.\n\n"
+                    "  relaylab analyze attributions.h5 --label-map label-map.json --export-virelay analysis.h5")
+    analyze.add_argument("project", type=Path, metavar="PROJECT",
+                         help="a relaylab Zarr store, a project YAML, or an attribution HDF5 file (with --label-map)")
+    analyze.add_argument("--label-map", type=Path, metavar="FILE",
+                         help="the label map (ViRelAy's JSON) of an attribution HDF5 file given as PROJECT")
+    analyze.add_argument("--store", type=Path, metavar="PATH",
+                         help="where the store of a project YAML or attribution file is made or reused "
+                              "(default: beside it, with the suffix .zarr)")
     analyze.add_argument("--config", type=Path, help="SpRAy configuration YAML (default: CoRelAy's defaults)")
     analyze.add_argument("--name", default="spectral_analysis", help="analysis name (default: spectral_analysis)")
     analyze.add_argument("--grouping", choices=("true_label", "predicted_label", "all"), help="override the config's grouping")

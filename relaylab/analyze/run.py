@@ -66,18 +66,46 @@ def minimum_members(config: dict) -> int:
     return max(config["knn"].get("n_neighbors", 10), config["spectral"].get("n_components", 32)) + 1
 
 
+PREDICTIONS = "model predictions ('prediction', (N, classes)) to group the samples by (--grouping predicted_label)"
+
+
+def chosen_attribution(project, config: dict) -> str:
+    """The attribution set the analysis runs on (the configured one, else the first), checked against the grouping:
+    grouping by predicted label needs predictions, which CoRelAy's attribution files may not have."""
+    attribution = config["attribution"] or next(iter(project.attributions), None)
+    if attribution not in project.attributions:
+        raise RelaylabError.at(project.path, f"attributions/{attribution}",
+                               f"one of the project's attribution sets ({', '.join(project.attributions) or 'none'})", "no such set")
+    attributions = project.attributions[attribution]
+    if config["grouping"] == "predicted_label" and "prediction" not in attributions:
+        instead = "; group by true_label or all instead"
+        if project.metadata.get("format") == "relaylab-zarr":
+            source = project.metadata.get("store", {}).get("source")
+            raise RelaylabError.at(project.path, f"attributions/{attribution}/prediction", PREDICTIONS,
+                                   f"none{f' (converted from {source}, which has none)' if source else ''}{instead}")
+        files = ", ".join(attributions.attrs.get("sources", [])) or str(project.path)
+        raise RelaylabError.at(files, "/prediction", PREDICTIONS, f"none{instead}")
+    return attribution
+
+
+def check_analysis(project_path: str | Path, config: dict, label_map: str | Path | None = None) -> None:
+    """Everything `analyze` would refuse that is known before any work: unknown steps, an attribution set that is
+    not there, a grouping the data cannot give. Run on a project's own files before they are converted to a store."""
+    build_spray(config)
+    with open_project(project_path, dask=False, label_map=label_map) as project:
+        chosen_attribution(project, config)
+
+
 def analyze(project_path: str | Path, name: str, config: dict, *, scheduler: str | None = None,
             n_workers: int | None = None, progress: bool = True) -> dict:
-    """Run and commit every unfinished category; returns {"done": [...], "skipped": {category: reason}}."""
+    """Run and commit every unfinished category of the store `project_path`; returns {"done": [...], "skipped":
+    {category: reason}}. (`workstore.prepare_store` gives the store of a project's own files.)"""
     project = open_project(project_path)
     with project:
         if project.metadata.get("format") != "relaylab-zarr":
             raise RelaylabError.at(project_path, "", "a relaylab Zarr store to write the analysis into",
                                    "a project file; convert it first: relaylab convert PROJECT OUT.zarr")
-        attribution = config["attribution"] or next(iter(project.attributions), None)
-        if attribution not in project.attributions:
-            raise RelaylabError.at(project_path, f"attributions/{attribution}",
-                                   f"one of the project's attribution sets ({', '.join(project.attributions) or 'none'})", "no such set")
+        attribution = chosen_attribution(project, config)
         build_spray(config)  # unknown steps fail here, before anything is written
         groups = categories(project.attributions[attribution], config["grouping"], project.label_map)
     store = str(Path(project_path))

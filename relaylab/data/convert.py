@@ -30,24 +30,31 @@ log = logging.getLogger(__name__)
 
 
 def convert_to_zarr(project_path: str | os.PathLike, out: str | os.PathLike, *, allow_nonfinite: bool = False,
-                    compression: str = "auto", progress: bool = True) -> Path:
+                    compression: str = "auto", progress: bool = True, label_map: str | os.PathLike | None = None) -> Path:
     """Copy a project into a relaylab Zarr store; a killed conversion resumes when re-run with the same arguments.
 
     Bad content (labels outside the label map, NaN/inf in attributions) stops the conversion and removes the store
     it started, so no half-written output is left; so does any other failure before a block was committed, while
     one after keeps the committed blocks for the same command to resume (`store.output_store`). `compression`:
     "auto" (LZ4 where it saves at least a fifth, see store.AUTO_MIN_RATIO), "lz4", "zstd" or "none", for inputs
-    and attributions.
+    and attributions. With `label_map`, the project is an attribution HDF5 file without its dataset
+    (`attributions_only`). The store records the files it was made from (`workstore.source_files`), so a command
+    given them again can tell whether it may reuse it.
     """
+    from .workstore import source_files
+
     if compression not in zstore.COMPRESSIONS:
         raise RelaylabError.at(out, "", f"a compression of {', '.join(zstore.COMPRESSIONS)}", repr(compression))
     out = Path(out)
-    with open_project(project_path, dask=False) as project, zstore.output_store(out):
+    resuming = zstore.is_store(out)
+    with open_project(project_path, dask=False, label_map=label_map) as project, zstore.output_store(out):
         with step("creating the store", out):
             zstore.create_store(  # refuses foreign or finished outputs before touching them
                 out, project={"name": project.name, "model": project.model, "description": project.metadata.get("description", "")},
                 dataset={"name": project.dataset_name}, label_map=project.label_map, source=str(Path(project_path).resolve()),
             )
+            if not resuming:
+                zstore.update_store_metadata(out, source_files=source_files(project_path, label_map))
         write_project(project, out, allow_nonfinite=allow_nonfinite, compression=compression, progress=progress)
     return out
 
@@ -68,7 +75,7 @@ def write_project(project: Project, out: Path, *, allow_nonfinite: bool, compres
 def write_samples(project: Project, out: Path, *, allow_nonfinite: bool, compression: str, progress: bool) -> None:
     """Inputs and attribution sets, block by block, each block checked before it is written."""
     inputs = project.inputs
-    input_file = source_file(inputs, "input")
+    input_file = source_file(inputs, "input") if project.has_images else str(inputs.attrs.get("source_file", ""))
 
     def check_inputs(block: xr.Dataset, rows: slice) -> list[Problem]:
         return label_problems(block["label"], project.label_map, input_file, "/label")
@@ -77,7 +84,7 @@ def write_samples(project: Project, out: Path, *, allow_nonfinite: bool, compres
         zstore.write_dataset(out, "inputs", inputs, kind="inputs", check=check_inputs, readahead=readahead,
                              compression=compression, progress=progress, source=input_file or None,
                              attrs={"name": project.dataset_name, "value_range": inputs.attrs.get("value_range")})
-    if inputs.attrs.get("value_range") is None:
+    if project.has_images and inputs.attrs.get("value_range") is None:
         stored = zstore.open_group(out, "inputs")["input"].data
         low, high = da.compute(stored.min(), stored.max())
         zstore.update_group_meta(out, "inputs", value_range=guess_value_range(float(low), float(high)))
@@ -145,16 +152,20 @@ def write_sample_array(h5: h5py.File, name: str, values: xr.DataArray, progress:
 def write_virelay(project: Project, folder: Path, attribution: str | None, progress: bool) -> None:
     (folder / "label-map.json").write_text(json.dumps(virelay_label_map_entries(project.label_map), indent=2))
     inputs = project.inputs
+    # a project without images (attributions alone) gets a dataset file of labels only: ViRelAy reads just those
+    # until a sample's image is asked for
+    size_of = inputs if project.has_images else next(iter(project.attributions.values()), inputs)
     with h5py.File(folder / "dataset.h5", "w") as h5:
-        write_sample_array(h5, "data", inputs["input"], progress, "dataset.h5")
-        h5["data"].attrs["layout"] = "chw"
-        if inputs.attrs.get("value_range") is not None:
-            h5["data"].attrs["value_range"] = inputs.attrs["value_range"]
+        if project.has_images:
+            write_sample_array(h5, "data", inputs["input"], progress, "dataset.h5")
+            h5["data"].attrs["layout"] = "chw"
+            if inputs.attrs.get("value_range") is not None:
+                h5["data"].attrs["value_range"] = inputs.attrs["value_range"]
         write_sample_array(h5, "label", virelay_labels(inputs["label"]), progress, "labels")
     spec: dict = {
         "name": project.name, "model": project.model or "unknown", "label_map": "label-map.json",
         "dataset": {"name": project.dataset_name or project.name, "type": "hdf5", "path": "dataset.h5",
-                    "input_width": int(inputs.sizes["x"]), "input_height": int(inputs.sizes["y"]),
+                    "input_width": int(size_of.sizes.get("x", 0)), "input_height": int(size_of.sizes.get("y", 0)),
                     "down_sampling_method": "none", "up_sampling_method": "none",
                     "label_index_regex": None, "label_word_net_id_regex": None},
     }
@@ -165,7 +176,8 @@ def write_virelay(project: Project, folder: Path, attribution: str | None, progr
         ds = project.attributions[name]
         with h5py.File(folder / "attributions.h5", "w") as h5:
             write_sample_array(h5, "attribution", ds["attribution"], progress, "attributions.h5")
-            write_sample_array(h5, "prediction", ds["prediction"].astype(np.float32), progress, "predictions")
+            if "prediction" in ds:  # without it, ViRelAy loads the project but cannot show an attribution
+                write_sample_array(h5, "prediction", ds["prediction"].astype(np.float32), progress, "predictions")
             write_sample_array(h5, "label", virelay_labels(ds["label"]), progress, "labels")
             h5["index"] = ds[SAMPLE].values.astype(np.uint32)
         spec["attributions"] = {"attribution_method": ds.attrs.get("method") or name,

@@ -66,6 +66,12 @@ class Project:
     def dataset_name(self) -> str:
         return self.metadata.get("dataset", {}).get("name", "")
 
+    @property
+    def has_images(self) -> bool:
+        """False for a project of attributions without their dataset (`attributions_only`): its inputs hold the
+        samples' labels only."""
+        return "input" in self.inputs.variables
+
     def close(self) -> None:
         self.inputs.close()
         for group in (self.attributions, self.activations, self.analyses):
@@ -82,17 +88,23 @@ class Project:
         self.close()
 
     def summary(self) -> str:
-        n, c, h, w = (self.inputs.sizes[d] for d in ("sample", "channel", "y", "x"))
+        n = self.inputs.sizes[SAMPLE]
+        labels = "multi-label" if self.inputs["label"].ndim == 2 else "single-label"
+        if self.has_images:
+            c, h, w = (self.inputs.sizes[d] for d in ("channel", "y", "x"))
+            dataset = (f"{n} samples, {c}×{h}×{w} {self.inputs['input'].dtype}, {labels}, "
+                       f"value range {self.inputs.attrs.get('value_range')}")
+        else:
+            dataset = f"{n} samples, {labels}, no input images (attributions without their dataset)"
         lines = [
             f"project   {self.name}  ({self.metadata.get('format')}: {self.path})",
             f"model     {self.model}",
-            f"dataset   {self.dataset_name}: {n} samples, {c}×{h}×{w} {self.inputs['input'].dtype}, "
-            f"{'multi-label' if self.inputs['label'].ndim == 2 else 'single-label'}, value range {self.inputs.attrs.get('value_range')}",
+            f"dataset   {self.dataset_name}: {dataset}",
             f"classes   {self.label_map.sizes[CLASS]}",
         ]
         for name, ds in self.attributions.items():
             lines.append(f"attributions/{name}  {ds.sizes[SAMPLE]} samples, method {ds.attrs.get('method') or '?'}, "
-                         f"strategy {ds.attrs.get('strategy') or '?'}")
+                         f"strategy {ds.attrs.get('strategy') or '?'}" + ("" if "prediction" in ds else ", no predictions"))
         for name, tree in self.activations.items():
             lines.append(f"activations/{name}  layers: {', '.join(tree.children)}")
         for name, tree in self.analyses.items():
@@ -104,20 +116,31 @@ class Project:
         return "\n".join(lines)
 
 
-def open_project(path: str | os.PathLike, *, dask: bool = True) -> Project:
-    """Open a ViRelAy project YAML, a relaylab project YAML (ViRelAy's plus relaylab's keys) or a relaylab Zarr store.
+def open_project(path: str | os.PathLike, *, dask: bool = True, label_map: str | os.PathLike | None = None) -> Project:
+    """Open a ViRelAy project YAML, a relaylab project YAML (ViRelAy's plus relaylab's keys) or a relaylab Zarr store;
+    or, with `label_map`, an attribution HDF5 file without its dataset (CoRelAy's scenario, `attributions_only`).
 
     The inputs and attribution sets are Dask-backed, chunked like their storage (for work across the dataset);
     `dask=False` leaves a YAML project's arrays as plain lazy arrays that read exactly what is indexed, which is what
     a block-by-block copy wants: Dask would read a block that spans two of its chunks twice over and stitch it
     together (a fifth of a conversion's read time). Attribution sets split over several files stay Dask-backed."""
+    from .attributions_only import is_attribution_file, open_attribution_file
+
     path = Path(path)
+    if label_map is not None:
+        if not is_attribution_file(path):
+            raise RelaylabError.at(path, "/attribution", "an attribution HDF5 file (a label map is given only with one)",
+                                   "no such file" if not path.exists() else "no 'attribution' array or group")
+        return open_attribution_file(path, label_map, dask=dask)
     if zstore.is_store(path):
         return open_store_project(path, dask=dask)
     if not path.exists():
         raise RelaylabError.at(path, "", "an existing project file (YAML) or relaylab Zarr store", "no such file")
     if path.is_dir():
         raise RelaylabError.at(path, "zarr.json", "a project YAML file or a relaylab Zarr store", "a folder without zarr.json")
+    if is_attribution_file(path):
+        raise RelaylabError.at(path, "", "a project YAML file or a relaylab Zarr store; an attribution HDF5 file opens "
+                               "with its label map (--label-map FILE)", "an attribution file without a label map")
     return open_yaml_project(path, dask=dask)
 
 
@@ -212,7 +235,17 @@ def is_relaylab_yaml(spec: dict) -> bool:
 
 
 def open_inputs(dataset: dict, folder: Path, label_map: xr.Dataset, project_file: str, dask: bool = True) -> xr.Dataset:
+    from .attributions_only import is_attribution_file, labels_only_inputs
+
     source = folder / dataset["path"]
+    if dataset["type"] == "hdf5" and is_attribution_file(source, without_data=True):
+        # ViRelAy needs a dataset, so a project of attributions alone names its attribution file here (ViRelAy reads
+        # only its `label` until a sample is shown): the samples' labels, no images
+        attributions = open_virelay_dataset(source, kind="attribution")
+        with attributions:
+            inputs = labels_only_inputs(attributions, str(source), dataset["name"])
+        inputs.attrs["name"] = dataset["name"]
+        return inputs
     if dataset["type"] == "hdf5":
         inputs = open_virelay_dataset(source, kind="input", layout=dataset.get("layout"), value_range=dataset.get("value_range"),
                                       sampling=declared_sampling(dataset))
@@ -303,9 +336,10 @@ def duplicated(values: np.ndarray) -> list[int]:
 
 
 def check_attribution_part(part: xr.Dataset, inputs: xr.Dataset, file: str) -> None:
-    """Shape and index checks that need no array data: spatial size, channels, index range."""
-    a, i = part["attribution"], inputs["input"]
-    if (a.sizes["y"], a.sizes["x"]) != (i.sizes["y"], i.sizes["x"]) or a.sizes["channel"] not in (1, i.sizes["channel"]):
+    """Shape and index checks that need no array data: spatial size, channels, index range. Predictions are optional
+    (CoRelAy's attribution files may lack them): what needs them says so (`analyze --grouping predicted_label`)."""
+    a, i = part["attribution"], inputs.get("input")
+    if i is not None and ((a.sizes["y"], a.sizes["x"]) != (i.sizes["y"], i.sizes["x"]) or a.sizes["channel"] not in (1, i.sizes["channel"])):
         raise RelaylabError.at(file, "/attribution", f"per-sample shape ({i.sizes['channel']} or 1, {i.sizes['y']}, {i.sizes['x']}) like the inputs",
                                f"({a.sizes['channel']}, {a.sizes['y']}, {a.sizes['x']})")
     samples = part[SAMPLE].values
@@ -314,8 +348,6 @@ def check_attribution_part(part: xr.Dataset, inputs: xr.Dataset, file: str) -> N
         bad = samples[samples >= n][:5].tolist()
         raise RelaylabError.at(file, "/index" if samples.size != n or (samples != np.arange(n)).any() else "/attribution",
                                f"sample indices below the dataset size {n}", f"{bad}")
-    if "prediction" not in part:
-        raise RelaylabError.at(file, "/prediction", "a 'prediction' array (N, classes) of model outputs", "it is missing")
 
 
 def attach_classes(ds: xr.Dataset, label_map: xr.Dataset) -> xr.Dataset:

@@ -98,11 +98,11 @@ def yaml_file_problems(spec: dict, folder: Path) -> list[Problem]:
         problems += image_directory_problems(folder / dataset["path"], label_map=load_label_map(label_map_path),
                                              **{k: dataset.get(k) for k in keys})
     elif dataset["type"] == "hdf5":
-        problems += h5_file_problems(folder / dataset["path"], ("data", "label"))
+        problems += h5_file_problems(folder / dataset["path"], dataset_keys(folder / dataset["path"]))
         problems += image_group_problems(folder / dataset["path"], "data", dataset.get("layout"), declared_sampling(dataset))
     for block in attribution_blocks(spec):
-        for source in block["sources"]:
-            problems += h5_file_problems(folder / source, ("attribution", "prediction", "label"))
+        for source in block["sources"]:  # `prediction` is optional: what needs it says so
+            problems += h5_file_problems(folder / source, ("attribution", "label"))
             problems += image_group_problems(folder / source, "attribution", None, declared_sampling(dataset))
     for block in spec.get("analyses") or []:
         for source in block["sources"]:
@@ -112,6 +112,17 @@ def yaml_file_problems(spec: dict, folder: Path) -> list[Problem]:
             except RelaylabError as error:
                 problems += error.problems
     return problems + warnings
+
+
+def dataset_keys(path: Path) -> tuple[str, ...]:
+    """What a dataset file needs: `data` and `label`; only `label` for an attribution file named as the dataset of a
+    project of attributions alone (see attributions_only)."""
+    from .attributions_only import is_attribution_file
+
+    try:
+        return ("label",) if is_attribution_file(path, without_data=True) else ("data", "label")
+    except RelaylabError:
+        return ("data", "label")  # h5_file_problems reports the damaged file
 
 
 def h5_file_problems(path: Path, required: tuple[str, ...]) -> list[Problem]:
@@ -177,7 +188,8 @@ def nonfinite_problems(values: xr.DataArray, file: str, path: str) -> list[Probl
 
 
 def source_file(ds: xr.Dataset, var: str) -> str:
-    return str(ds[var].attrs.get("source_file") or ds.attrs.get("source_file") or ", ".join(ds.attrs.get("sources", [])))
+    own = ds[var].attrs.get("source_file") if var in ds.variables else None  # inputs without images have no `input`
+    return str(own or ds.attrs.get("source_file") or ", ".join(ds.attrs.get("sources", [])))
 
 
 def analysis_index_problems(tree: xr.DataTree, n_samples: int) -> list[Problem]:

@@ -90,8 +90,8 @@ class SampleInfo:
         """Predicted class (argmax of the model outputs) per dataset index; -1 where the first attribution set has no row."""
         if self._prediction is None:
             prediction = np.full(self.label.size, -1, dtype=np.int64)
-            if self.project.attributions:
-                first = next(iter(self.project.attributions.values()))
+            first = next(iter(self.project.attributions.values()), None)
+            if first is not None and "prediction" in first:  # CoRelAy's attribution files may have none
                 prediction[np.asarray(first["sample"].values)] = np.asarray(first["prediction"].argmax("class").values)
             self._prediction = prediction
         return self._prediction
@@ -108,6 +108,8 @@ class SampleInfo:
             value = int(self._prediction[sample])
             return value if value >= 0 else None
         for attributions in self.project.attributions.values():
+            if "prediction" not in attributions:
+                return None
             try:
                 return int(attributions["prediction"].sel(sample=sample).argmax("class").values)
             except KeyError:

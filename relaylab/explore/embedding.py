@@ -384,7 +384,8 @@ class EmbeddingView(ProjectViewer):
         label = info.class_name(int(info.label[sample]))
         predicted = info.predicted_of(sample)
         prediction = info.class_name(predicted) if predicted is not None else "none"
-        src = image_url(self.data, sample, "input")
+        # a project of attributions without their dataset has no images: its heatmap instead
+        src = image_url(self.data, sample, "input" if self.data.project.has_images else "attribution")
         image = f'<img src="{html.escape(src)}" width="96" height="96" style="image-rendering: auto">'
         self.hover_pane.object = (f'<div class="rl-hover-sample" data-sample="{sample}">{image}<div><b>sample {sample}</b><br>'
                                   f"label: {html.escape(label)}<br>predicted: {html.escape(prediction)}</div></div>")

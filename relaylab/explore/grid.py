@@ -94,6 +94,9 @@ class SampleGrid(ProjectViewer):
         project, state = self.project, self.state
         try:
             attribution = self._attribution()
+            if state.mode == "input" and not project.has_images:
+                raise RelaylabError.at(project.path, "inputs/input", "input images (mode 'input')",
+                                       "none: the project holds attributions without their dataset; show 'attribution'")
         except RelaylabError as error:
             return f'<div class="rl-grid-error">{html.escape(str(error))}</div>'
         problems, rows, bad = [], [], []
@@ -123,14 +126,17 @@ class SampleGrid(ProjectViewer):
         names = label_names(project.label_map)
         labels = project.inputs["label"].sel(sample=rows).values
         predicted: dict[int, int] = {}
+        attributed: set[int] = set()
         if attribution is not None:
             ds = project.attributions[attribution]
             present = [s for s in rows if s in ds.indexes["sample"]]
-            if present:
+            attributed = set(present)
+            if present and "prediction" in ds:
                 scores = ds["prediction"].sel(sample=present).values
                 predicted = dict(zip(present, scores.argmax(axis=1).tolist()))
         member_at = clusters.members.get_indexer(rows) if clusters is not None else None
-        height, width = project.inputs.sizes["y"], project.inputs.sizes["x"]
+        shaped = project.inputs if project.has_images or attribution is None else project.attributions[attribution]
+        height, width = shaped.sizes.get("y", 1), shaped.sizes.get("x", 1)
         rendering = render.css_image_rendering(state.sampling, height, width, self.display_px)
         cards = []
         for i, sample in enumerate(rows):
@@ -145,7 +151,7 @@ class SampleGrid(ProjectViewer):
                 c = int(clusters.labels[member_at[i]])
                 data_cluster, cluster_text = str(c), "noise" if c == -1 else f"cluster {c}"
             wrong = pred is not None and pred not in true_classes
-            if state.mode != "input" and pred is None:
+            if state.mode != "input" and sample not in attributed:
                 picture = (f'<div class="rl-missing" style="width:{self.display_px}px;height:{self.display_px}px">'
                            f"no attribution in '{html.escape(attribution)}'</div>")
             else:

@@ -129,6 +129,9 @@ def value_range(project: Project, x: np.ndarray) -> tuple[float, float]:
 
 def input_rgb(project: Project, sample: int) -> np.ndarray:
     """(H, W, 3) uint8 image of a sample scaled from the project's value range; one channel (or other than 3) → grey."""
+    if not project.has_images:
+        raise RelaylabError.at(project.path, "inputs/input", "input images (mode 'input')",
+                               "none: the project holds attributions without their dataset; show mode 'attribution'")
     x = project.inputs["input"].sel(sample=check_sample(project, sample)).values.astype(np.float64)
     lo, hi = value_range(project, x)
     x = ((x - lo) / (hi - lo) * 255).round().clip(0, 255).astype(np.uint8)
@@ -145,7 +148,9 @@ def render_rgba(project: Project, sample: int, mode: str, colormap: str, attribu
         rgb = input_rgb(project, sample)
         return np.concatenate([rgb, np.full(rgb.shape[:2] + (1,), 255, np.uint8)], axis=-1)
     a = attribution_of(project, sample, attribution)
-    return heatmap_rgba(a, colormap) if mode == "attribution" else overlay_rgba(input_rgb(project, sample), a, colormap)
+    if mode == "attribution" or not project.has_images:  # nothing to overlay on: the heatmap alone
+        return heatmap_rgba(a, colormap)
+    return overlay_rgba(input_rgb(project, sample), a, colormap)
 
 
 def render_png(project: Project, sample: int, mode: str, colormap: str, attribution: str | None = None) -> bytes:

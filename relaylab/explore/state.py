@@ -262,10 +262,20 @@ def clusters_of(members: np.ndarray, clusters: np.ndarray, samples: np.ndarray) 
     return np.where(hit, clusters[order[at]], -1)
 
 
+def has_predictions(project: Project) -> bool:
+    """Whether the first attribution set (the one SampleInfo reads predictions from) has any: CoRelAy's attribution
+    files may not. A set that cannot be opened has none to show."""
+    try:
+        first = next(iter(project.attributions.values()), None)
+    except RelaylabError:
+        return False
+    return first is not None and "prediction" in first
+
+
 def color_options(project: Project) -> list[str]:
     """What the points can be coloured by in this project."""
     options = ["cluster", "label"]
-    if project.attributions:
+    if has_predictions(project):
         options += ["prediction", "correct"]
     return options + [str(name) for name, coord in project.inputs.coords.items()
                       if coord.dims == ("sample",) and coord.dtype == bool]
@@ -404,7 +414,11 @@ def fitted_values(project: Project, values: dict) -> dict:
     clustering = values["clustering"] if values["clustering"] in known else (known[0] if known else "")
     options = color_options(project)
     color_by = values["color_by"] if values["color_by"] in options else options[0]
-    return dict(values, analysis=analysis, category=category, embedding=embedding, clustering=clustering, color_by=color_by)
+    mode = values.get("mode")
+    if mode == "input" and not project.has_images:  # attributions without their dataset: heatmaps are all there is
+        mode = "attribution"
+    return dict(values, analysis=analysis, category=category, embedding=embedding, clustering=clustering, color_by=color_by,
+                mode=mode)
 
 
 # ---------------------------------------------------------------------------------------------- compact selections
