@@ -433,3 +433,21 @@ def test_a_virelay_project_naming_the_attribution_file_as_its_dataset_opens_and_
     with open_project(tmp_path / "project.zarr") as project:
         assert project.name == "CIFAR-10 SpRAy" and sorted(project.analyses["spectral_analysis"].children) == \
             sorted(entry["word_net_id"] for entry in LABEL_MAP)
+
+
+def test_convert_and_info_take_the_label_map_of_an_attribution_file(tmp_path, cli):
+    attributions, label_map, _ = write_example_files(tmp_path)
+    info = cli("info", attributions, "--label-map", label_map)
+    assert info.returncode == 0, info.stderr
+    assert "attribution-hdf5" in info.stdout and "120 samples, single-label, no input images" in info.stdout
+    converted = cli("convert", "-q", attributions, tmp_path / "c.zarr", "--label-map", label_map)
+    assert converted.returncode == 0, converted.stderr
+    with open_project(tmp_path / "c.zarr") as project, h5py.File(attributions) as h5:
+        np.testing.assert_array_equal(project.attributions["attribution"]["attribution"].values, h5["attribution"][()])
+        assert project.metadata["store"]["source_files"].keys() == {os.path.abspath(attributions), os.path.abspath(label_map)}
+    exported = cli("convert", "-q", "--to", "virelay", attributions, tmp_path / "vr", "--label-map", label_map)
+    assert exported.returncode == 0, exported.stderr
+    with h5py.File(tmp_path / "vr" / "dataset.h5") as exported_labels, h5py.File(attributions) as h5:
+        np.testing.assert_array_equal(exported_labels["label"][()], h5["label"][()])
+    without = cli("convert", "-q", attributions, tmp_path / "d.zarr")
+    assert without.returncode == 2 and "--label-map" in without.stderr and not (tmp_path / "d.zarr").exists()

@@ -33,18 +33,21 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
     if args.to == "zarr":
         out = convert_to_zarr(args.project, args.out, allow_nonfinite=args.allow_nonfinite,
-                              compression=args.compression, progress=not args.quiet)
+                              compression=args.compression, progress=not args.quiet, label_map=args.label_map)
     else:
-        out = convert_to_virelay(args.project, args.out, attribution=args.attribution, progress=not args.quiet)
+        out = convert_to_virelay(args.project, args.out, attribution=args.attribution, progress=not args.quiet,
+                                 label_map=args.label_map)
     print(f"wrote {out}")
     return EXIT_OK
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    from .attributions_only import is_attribution_file
     from .project import open_project
 
     for i, path in enumerate(args.projects):
-        with open_project(path) as project:
+        label_map = args.label_map if args.label_map is not None and is_attribution_file(path) else None
+        with open_project(path, label_map=label_map) as project:
             print(("\n" if i else "") + project.summary())
     return EXIT_OK
 
@@ -86,6 +89,8 @@ def add_commands(commands) -> None:
     convert.add_argument("project", type=Path, metavar="PROJECT")
     convert.add_argument("out", type=Path, metavar="OUT")
     convert.add_argument("--to", choices=("zarr", "virelay"), default="zarr", help="output format (default: zarr)")
+    convert.add_argument("--label-map", type=Path, metavar="FILE",
+                         help="with an attribution HDF5 file as PROJECT (CoRelAy's case, no dataset): its label map")
     convert.add_argument("--attribution", metavar="NAME", help="with --to virelay: the attribution set to export (default: the first)")
     convert.add_argument("--allow-nonfinite", action="store_true", help="copy attributions holding NaN/inf instead of stopping")
     convert.add_argument("--compression", choices=("auto", "lz4", "zstd", "none"), default="auto",
@@ -97,6 +102,8 @@ def add_commands(commands) -> None:
     info = commands.add_parser("info", help="summarise projects: dataset, classes, attribution sets, analyses",
                                description="Print what each PROJECT holds. Reads metadata only.")
     info.add_argument("projects", nargs="+", type=Path, metavar="PROJECT")
+    info.add_argument("--label-map", type=Path, metavar="FILE",
+                      help="the label map of the attribution HDF5 files among the PROJECTs (CoRelAy's case, no dataset)")
     info.set_defaults(run=cmd_info)
 
     synthetic = commands.add_parser(

@@ -110,15 +110,16 @@ def write_samples(project: Project, out: Path, *, allow_nonfinite: bool, compres
 
 
 def convert_to_virelay(project_path: str | os.PathLike, out: str | os.PathLike, *, attribution: str | None = None,
-                       progress: bool = True) -> Path:
+                       progress: bool = True, label_map: str | os.PathLike | None = None) -> Path:
     """Write ViRelAy 0.6.1's layout: project.yaml, label-map.json, dataset.h5, attributions.h5, one file per analysis.
 
-    ViRelAy shows one attribution set per project: `attribution` picks it (default: the first).
+    ViRelAy shows one attribution set per project: `attribution` picks it (default: the first). With `label_map`,
+    the project is an attribution HDF5 file without its dataset (`attributions_only`): dataset.h5 holds its labels.
     """
     out = Path(out)
     if out.exists():
         raise RelaylabError.at(out, "", "a new output folder", "it exists already")
-    project = open_project(project_path)
+    project = open_project(project_path, label_map=label_map)
     partial = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent if out.parent.exists() else None))
     umask = os.umask(0)
     os.umask(umask)
