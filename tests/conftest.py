@@ -11,10 +11,20 @@ from functools import partial
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from relaylab.data.synthetic import Variant, write_virelay_project
 
 from .helpers import call_cli, run_cli  # noqa: F401  (run_cli: tests/test_grid.py still imports it from here)
+
+# The generated-project and mutation tests (hypothesis): "ci", the default, is derandomized (the same examples on
+# every run) and sized for CI's budget, each test a multiple of max_examples; `pytest --hypothesis-profile long`
+# draws ten times as many, fresh ones each run.
+_HYPOTHESIS = dict(deadline=None, print_blob=True,
+                   suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture])
+settings.register_profile("ci", max_examples=100, derandomize=True, database=None, **_HYPOTHESIS)
+settings.register_profile("long", max_examples=1000, **_HYPOTHESIS)
+settings.load_profile("ci")  # pytest's --hypothesis-profile, applied after this file is imported, overrides it
 
 SLOW_FIXTURES = {"demo_store", "browser"}  # building the demo (a trained CNN, LRP, SpRAy); driving chromium
 

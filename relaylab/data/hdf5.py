@@ -40,6 +40,29 @@ CHANNEL_SIZES = (1, 3, 4)
 TARGET_CHUNK_BYTES = 32 * 2**20
 
 
+# What h5py raises for a damaged file (flipped bytes in its metadata, a truncated chunk, a broken checksum) anywhere
+# past opening: the object headers and B-trees are read only when an object is first used.
+H5_ERRORS = (OSError, RuntimeError, KeyError)
+
+
+def damaged(file: str | os.PathLike, path: str, error: Exception) -> RelaylabError:
+    return RelaylabError.at(file, path, "a readable HDF5 file (it is damaged: truncated or overwritten?)",
+                            f"{type(error).__name__}: {error}")
+
+
+def h5_errors(func):
+    """Report what h5py raises for a damaged file inside `func` as a RelaylabError naming the file (the first path
+    argument of `func`), not as h5py's own exception."""
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except H5_ERRORS as error:
+            file = next((a for a in args if isinstance(a, (str, os.PathLike))), kwargs.get("path", ""))
+            raise damaged(file, "", error) from None
+    return wrapper
+
+
 def open_h5(path: str | os.PathLike) -> h5py.File:
     """Open read-only, with errors that name the file and say what was expected."""
     path = Path(path)
@@ -50,9 +73,15 @@ def open_h5(path: str | os.PathLike) -> h5py.File:
     if not h5py.is_hdf5(path):
         raise RelaylabError.at(path, "", "an HDF5 file", "no HDF5 signature (not HDF5, or empty)")
     try:
-        return h5py.File(path, "r")
+        h5 = h5py.File(path, "r")
     except OSError as error:
         raise RelaylabError.at(path, "", "a readable HDF5 file (truncated or damaged?)", str(error)) from None
+    try:
+        list(h5)  # the root group's links, read now: damage there is reported here, not by the first `name in h5`
+    except H5_ERRORS as error:
+        h5.close()
+        raise damaged(path, "/", error) from None
+    return h5
 
 
 class H5Array(BackendArray):
@@ -71,6 +100,10 @@ class H5Array(BackendArray):
         self.axes = tuple(range(len(shape))) if axes is None else tuple(axes)
         self.shape = tuple(1 if a is None else self.file_shape[a] for a in self.axes)
         self.dtype = np.dtype(dtype)
+        if self.dtype.kind not in "biuf":  # strings, objects, compound records: nothing relaylab reads is one
+            file = manager._args[0] if getattr(manager, "_args", None) else ""
+            raise RelaylabError.at(file, name if name.startswith("/") else f"/{name}", "numbers (integers, floats or booleans)",
+                                   f"dtype {self.dtype}")
         self.members = members
         self._node: tuple | None = None  # (h5py.File, its dataset or group): looked up once per open file
 
@@ -89,9 +122,13 @@ class H5Array(BackendArray):
             if axis is not None:
                 file_key[axis] = k
         file_key = tuple(file_key)
-        with HDF5_LOCK:
-            direct = self._direct_plan(file_key)
-            values = None if direct else self._read_file(file_key)
+        try:
+            with HDF5_LOCK:
+                direct = self._direct_plan(file_key)
+                values = None if direct else self._read_file(file_key)
+        except H5_ERRORS as error:
+            file = self.manager._args[0] if getattr(self.manager, "_args", None) else ""
+            raise damaged(file, self.name if self.name.startswith("/") else f"/{self.name}", error) from None
         if direct:  # outside the lock: other threads read (and decode) while this one waits on the disk
             values = read_ranges(*direct)
             if isinstance(file_key[0], (int, np.integer)):
@@ -367,14 +404,18 @@ def label_variable(manager: CachingFileManager, file: str, n_samples: int, h5: h
     if "label" not in h5:
         raise RelaylabError.at(file, "/label", "a 'label' array or group", "it is missing")
     array, h5_chunks = h5_array(manager, file, "label")
-    if array.shape[0] != n_samples:
-        raise RelaylabError.at(file, "/label", f"{n_samples} labels, one per sample", f"{array.shape[0]}")
+    if not array.shape or array.shape[0] != n_samples:
+        raise RelaylabError.at(file, "/label", f"{n_samples} labels, one per sample", f"{array.shape[0]}" if array.shape else "a scalar")
     lazy = indexing.LazilyIndexedArray(array)
     if len(array.shape) == 1:
         if not (np.issubdtype(array.dtype, np.integer) or array.dtype == bool):
             raise RelaylabError.at(file, "/label", "integer class indices", f"dtype {array.dtype}")
         variable = xr.Variable((SAMPLE,), lazy, attrs={"multi_label": 0})
     elif len(array.shape) == 2:
+        prediction = h5.get("prediction")
+        if isinstance(prediction, h5py.Dataset) and prediction.ndim == 2 and prediction.shape[1] != array.shape[1]:
+            raise RelaylabError.at(file, "/label", f"n-hot labels with a column per class of /prediction ({prediction.shape[1]})",
+                                   f"shape {array.shape}")
         variable = xr.Variable((SAMPLE, CLASS), lazy, attrs={"multi_label": 1})
     else:
         raise RelaylabError.at(file, "/label", "shape (N,) or (N, classes)", f"shape {array.shape}")
@@ -382,15 +423,30 @@ def label_variable(manager: CachingFileManager, file: str, n_samples: int, h5: h
     return variable
 
 
-def declared_value_range(dtype: np.dtype, declared: Iterable[float] | None, h5_attrs) -> list[float] | None:
-    """The range of input values: declared by the user or the file, implied by uint8, else unknown until read."""
+def declared_value_range(dtype: np.dtype, declared: Iterable[float] | None, h5_attrs, file: str = "",
+                         path: str = "/data") -> list[float] | None:
+    """The range of input values: declared by the user or the file (`path`'s attribute), implied by uint8, else
+    unknown until read."""
     if declared is not None:
-        return [float(v) for v in declared]
+        return value_range_pair(declared, file, "value_range")
     if "value_range" in h5_attrs:
-        return [float(v) for v in h5_attrs["value_range"]]
+        return value_range_pair(h5_attrs["value_range"], file, f"{path}@value_range")
     if np.dtype(dtype) == np.uint8:
         return [0.0, 255.0]
     return None
+
+
+def value_range_pair(value, file: str, path: str) -> list[float]:
+    """[low, high] from a declared value range, or a RelaylabError at `path` of `file`."""
+    try:
+        low, high = (float(v) for v in np.asarray(value).reshape(-1))
+        usable = bool(np.isfinite([low, high]).all() and low < high)
+    except (TypeError, ValueError):
+        usable = False
+    if not usable:
+        raise RelaylabError.at(file, path, "a value range of two finite numbers [low, high], low < high",
+                               repr(value.tolist() if isinstance(value, np.ndarray) else value))
+    return [low, high]
 
 
 def guess_value_range(minimum: float, maximum: float) -> list[float]:
@@ -413,6 +469,7 @@ def detect_kind(h5: h5py.File, file: str) -> str:
     raise RelaylabError.at(file, "/", "a 'data' array (dataset file) or an 'attribution' array (attribution file)", "neither")
 
 
+@h5_errors
 def open_virelay_dataset(path, kind: str = "auto", layout: str | None = None,
                          value_range: Iterable[float] | None = None, sampling: Sampling | None = None) -> xr.Dataset:
     """A dataset or attribution file as the canonical Dataset. `sampling` (the project's input size and sampling
@@ -449,12 +506,12 @@ def open_virelay_dataset(path, kind: str = "auto", layout: str | None = None,
         variables = {name if kind == "attribution" else "input": image}
         coords = {"label": label_variable(manager, file, n, h5)}
         if kind == "input":
-            ds_attrs["value_range"] = declared_value_range(image.dtype, value_range, h5[name].attrs)
+            ds_attrs["value_range"] = declared_value_range(image.dtype, value_range, h5[name].attrs, file, f"/{name}")
             coords[SAMPLE] = np.arange(n, dtype=np.int64)
         else:
             if "prediction" in h5:
                 prediction, p_chunks = h5_array(manager, file, "prediction")
-                if prediction.shape[0] != n or len(prediction.shape) != 2:
+                if len(prediction.shape) != 2 or prediction.shape[0] != n:
                     raise RelaylabError.at(file, "/prediction", f"shape ({n}, classes)", f"shape {prediction.shape}")
                 var = xr.Variable((SAMPLE, CLASS), indexing.LazilyIndexedArray(prediction))
                 var.encoding["preferred_chunks"] = dict(zip((SAMPLE, CLASS), preferred_chunks(prediction.shape, prediction.dtype, p_chunks)))
@@ -606,6 +663,7 @@ def sample_index(h5: h5py.File, file: str, n: int) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------------- analyses
 
 
+@h5_errors
 def analysis_problems(h5: h5py.File, file: str) -> list[Problem]:
     """Structural problems of an analysis file, all at once (metadata only)."""
     problems = []
@@ -619,11 +677,15 @@ def analysis_problems(h5: h5py.File, file: str) -> list[Problem]:
         if "index" not in group:
             problems.append(Problem(file, f"{where}/index", "an 'index' array of the category's sample indices", "it is missing"))
             continue
-        n = group["index"].shape[0] if group["index"].ndim == 1 else None
+        index = group["index"]
+        n = index.shape[0] if isinstance(index, h5py.Dataset) and index.ndim == 1 else None
         if n is None:
-            problems.append(Problem(file, f"{where}/index", "a 1-D array", f"shape {group['index'].shape}"))
+            problems.append(Problem(file, f"{where}/index", "a 1-D array", f"shape {index.shape}" if isinstance(index, h5py.Dataset) else "a group"))
             continue
         for kind, ndim in (("embedding", 2), ("cluster", 1)):
+            if kind in group and not isinstance(group[kind], h5py.Group):
+                problems.append(Problem(file, f"{where}/{kind}", f"a group of {kind} arrays", "an array"))
+                continue
             for name, item in group.get(kind, {}).items():
                 at = f"{where}/{kind}/{name}"
                 if not isinstance(item, h5py.Dataset):
@@ -672,6 +734,7 @@ def analysis_nodes(manager: CachingFileManager, file: str, prefix: str = "") -> 
     return nodes
 
 
+@h5_errors
 def open_virelay_analysis(path) -> xr.DataTree:
     file = str(path)
     open_h5(path).close()

@@ -369,9 +369,12 @@ def with_display_names(tree: xr.DataTree, label_map: xr.Dataset) -> xr.DataTree:
 
 
 def merge_analyses(existing: list[xr.DataTree], sources: list[Path], label_map: xr.Dataset) -> xr.DataTree:
-    """One tree per analysis method: categories of all its sources side by side; a category may not repeat."""
+    """One tree per analysis method: the categories of all its sources side by side. A category in several sources
+    (CoRelAy run in parts: one file per embedding) is one category with the embeddings and clusterings of all of
+    them, as ViRelAy looks each one up in the sources in order: the first source that has a name gives it. Its
+    `index` must then be the same in every source (each embedding has one row per index entry)."""
     nodes: dict[str, xr.Dataset] = {}
-    origin: dict[str, str] = {}
+    origin: dict[str, tuple[str, np.ndarray]] = {}
     trees = list(existing)
     with ExitStack() as on_error:  # the trees opened here are closed when a later one fails
         for source in sources:
@@ -380,12 +383,20 @@ def merge_analyses(existing: list[xr.DataTree], sources: list[Path], label_map: 
         for tree in trees:
             for category, child in tree.children.items():
                 file = child.attrs.get("source_file", tree.attrs.get("source_file", ""))
-                if category in origin:
-                    raise RelaylabError.at(file, f"/{category}", f"a category not already given by {origin[category]}",
-                                           "the same category in two sources of one analysis method")
-                origin[category] = file
+                index = np.asarray(child["index"].values)
+                if category in origin and not np.array_equal(origin[category][1], index):
+                    raise RelaylabError.at(file, f"/{category}/index", f"the same sample indices as category "
+                                           f"'{category}' of {origin[category][0]} (a category repeated in several "
+                                           "sources of one analysis method merges their embeddings and clusterings)",
+                                           f"{index.size} other indices" if index.size != origin[category][1].size
+                                           else "other indices")
+                origin.setdefault(category, (file, index))
                 for node in child.subtree:
-                    nodes[f"/{node.relative_to(tree)}"] = node.to_dataset(inherit=False)
+                    key, dataset = f"/{node.relative_to(tree)}", node.to_dataset(inherit=False)
+                    if key not in nodes:
+                        nodes[key] = dataset
+                    elif key == f"/{category}/cluster":  # a repeated category's clusterings: the new names only
+                        nodes[key] = nodes[key].assign({k: v for k, v in dataset.data_vars.items() if k not in nodes[key]})
         on_error.pop_all()
     merged = with_display_names(xr.DataTree.from_dict(nodes), label_map)
     closers = [t.close for t in trees]

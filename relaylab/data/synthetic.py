@@ -247,3 +247,194 @@ def write_image_directory_project(folder: str | Path, sizes: list[tuple[int, int
     path.write_text(yaml.safe_dump(project, sort_keys=False))
     return path
 
+
+# ------------------------------------------------------------------------------------ any point of the format space
+
+ODD_NAMES = ("Prüfung-α 1", "dog - ψ", "naïve set-2", "日本 語", "a b-c")
+
+
+@dataclass
+class FormatPoint:
+    """One point of the whole space of ViRelAy project files, for property-based tests (tests/test_generated_projects.py
+    draws them) and the mutation fuzzer. Unlike `Variant`, every choice a user's files may make is a field, and the
+    values are random, so a reader that confuses axes, rows or files is found out. Keep them tiny."""
+
+    n_samples: int = 5
+    n_classes: int = 3
+    height: int = 5
+    width: int = 6
+    layout: str = "chw"                 # chw | hwc | hw (greyscale without a channel axis)
+    channels: int = 3                   # chw and hwc: 1, 3 or 4
+    dtype: str = "uint8"                # uint8 | float16 | float32 | float64
+    signed: bool = False                # floats in [-1, 1] (else [0, 1])
+    storage: str = "contiguous"         # `data`: contiguous | chunked | compressed | group (per-sample arrays)
+    label_storage: str = "contiguous"   # `label`, the same choices
+    label_dtype: str = "int64"          # single-label integer dtype
+    multi_label: bool = False           # (N, classes) booleans
+    attribution_files: int = 1          # 0: no attributions block
+    attribution_index: bool = False     # an `index` in a single attribution file too (split ones always have one)
+    attribution_coverage: float = 1.0   # the share of samples with an attribution (at least one)
+    attribution_channels: int = 0       # 0: like the inputs; 1: one channel
+    attribution_dtype: str = "float32"
+    attribution_storage: str = "contiguous"
+    predictions: bool = True
+    analysis_files: tuple[int, ...] = (1,)  # files per analysis method (); no analyses block
+    overlapping: bool = False           # a second file of a method repeats categories with other embeddings
+    category_names: str = "wnid"        # wnid | index (zero-padded) | odd (with '-', spaces and non-ASCII)
+    declare_size: bool = True           # input_width, input_height
+    declare_sampling: bool = True       # up_sampling_method, down_sampling_method
+    declare_regexes: bool = True        # label_index_regex, label_word_net_id_regex (null)
+    odd_names: bool = False             # project, dataset, file, folder and method names with '-', spaces, non-ASCII
+    member_keys: str = "padded"         # group members: padded (sorted = written order) | shuffled (sorted order differs)
+    seed: int = 0
+
+
+def _point_name(p: FormatPoint, plain: str, k: int = 0) -> str:
+    return f"{ODD_NAMES[(p.seed + k) % len(ODD_NAMES)]} {plain}" if p.odd_names else plain
+
+
+def _point_values(rng: np.random.Generator, shape: tuple, dtype: str, signed: bool) -> np.ndarray:
+    if dtype == "uint8":
+        return rng.integers(0, 256, shape, dtype=np.uint8)
+    values = rng.random(shape)
+    return (values * 2 - 1 if signed else values).astype(dtype)
+
+
+def _point_array(h5: h5py.File, name: str, values: np.ndarray, storage: str, p: FormatPoint,
+                 rng: np.random.Generator) -> None:
+    """`values` (one row per sample) stored as `storage` says; group members are keyed so that member k in sorted
+    order is row k, written in random order."""
+    n = len(values)
+    if storage == "group":
+        if p.member_keys == "shuffled":  # numbers of 1 to 3 digits: sorted order is not numeric order ("s10" < "s2")
+            numbers = np.concatenate([np.arange(1, 10), np.arange(10, 100, 7), np.arange(100, 1000, 37)])
+            keys = sorted(f"s{k}" for k in rng.choice(numbers, size=n, replace=False))
+        else:
+            keys = [str(k).zfill(len(str(n))) for k in range(n)]
+        group = h5.create_group(name)
+        for k in rng.permutation(n):
+            group[keys[k]] = values[k]
+    elif storage == "chunked":
+        rows = int(rng.integers(1, n + 1))
+        chunks = (rows,) + tuple(int(rng.integers(1, s + 1)) for s in values.shape[1:])
+        h5.create_dataset(name, data=values, chunks=chunks)
+    elif storage == "compressed":
+        options = [dict(compression="gzip", compression_opts=4), dict(compression="lzf"),
+                   dict(compression="gzip", shuffle=True), dict(compression="lzf", fletcher32=True)]
+        h5.create_dataset(name, data=values, **options[int(rng.integers(len(options)))])
+    else:
+        h5.create_dataset(name, data=values)
+
+
+def _point_layout(values: np.ndarray, layout: str) -> np.ndarray:
+    """(N, C, H, W) values in the file's layout."""
+    if layout == "hwc":
+        return values.transpose(0, 2, 3, 1)
+    if layout == "hw":
+        return values[:, 0]
+    return values
+
+
+def write_format_point(folder: str | Path, p: FormatPoint) -> Path:
+    """Write the ViRelAy project of point `p` into `folder` (which may exist); returns the YAML path."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(p.seed)
+    n, channels = p.n_samples, 1 if p.layout == "hw" else p.channels
+    sub = _point_name(p, "files")
+    (folder / sub).mkdir(exist_ok=True)
+
+    entries = [{"index": i, "word_net_id": f"n{i:08d}", "name": _point_name(p, f"class {i}", i)} for i in range(p.n_classes)]
+    label_map_file = f"{sub}/{_point_name(p, 'label-map')}.json"
+    (folder / label_map_file).write_text(json.dumps([entries[i] for i in rng.permutation(p.n_classes)], ensure_ascii=False),
+                                         encoding="utf-8")
+    images = _point_values(rng, (n, channels, p.height, p.width), p.dtype, p.signed)
+    if p.multi_label:
+        labels = rng.random((n, p.n_classes)) < 0.4
+        labels[np.arange(n), rng.integers(0, p.n_classes, n)] = True
+    else:
+        labels = rng.integers(0, p.n_classes, n).astype(p.label_dtype)
+    dataset_file = f"{sub}/{_point_name(p, 'data set')}.h5"
+    with h5py.File(folder / dataset_file, "w") as h5:
+        _point_array(h5, "data", _point_layout(images, p.layout), p.storage, p, rng)
+        _point_array(h5, "label", labels, p.label_storage, p, rng)
+
+    dataset: dict = {"name": _point_name(p, "dataset"), "type": "hdf5", "path": dataset_file}
+    if p.declare_size:
+        dataset.update(input_width=p.width, input_height=p.height)
+    if p.declare_sampling:
+        dataset.update(down_sampling_method="none", up_sampling_method="none")
+    if p.declare_regexes:
+        dataset.update(label_index_regex=None, label_word_net_id_regex=None)
+    spec: dict = {"name": _point_name(p, "project"), "model": _point_name(p, "model"), "label_map": label_map_file,
+                  "dataset": dataset}
+
+    attributed = np.arange(0)
+    if p.attribution_files:
+        count = max(p.attribution_files, int(round(p.attribution_coverage * n)))
+        attributed = rng.permutation(n)[:count]
+        a_channels = p.attribution_channels or channels
+        relevance = _point_values(rng, (n, a_channels, p.height, p.width), p.attribution_dtype, True)
+        prediction = rng.normal(size=(n, p.n_classes)).astype(np.float32)
+        sources = []
+        for part, rows in enumerate(np.array_split(attributed, p.attribution_files)):
+            file = f"{sub}/{_point_name(p, f'attribution-{part}', part)}.h5"
+            indexed = p.attribution_files > 1 or p.attribution_index or count < n
+            rows = rows if indexed else np.sort(rows)
+            with h5py.File(folder / file, "w") as h5:
+                _point_array(h5, "attribution", _point_layout(relevance[rows], p.layout), p.attribution_storage, p, rng)
+                _point_array(h5, "label", labels[rows], p.label_storage, p, rng)
+                if p.predictions:
+                    h5["prediction"] = prediction[rows]
+                if indexed:
+                    h5["index"] = rows.astype(np.uint32)
+            sources.append(file)
+        spec["attributions"] = {"attribution_method": _point_name(p, "lrp-epsilon"), "attribution_strategy": "true_label",
+                                "sources": sources}
+
+    analyses = []
+    for m, files in enumerate(p.analysis_files if len(attributed) else ()):
+        method = _point_name(p, f"spectral-analysis {m}", m)
+        analyses.append({"analysis_method": method, "sources": _point_analysis(folder, sub, p, rng, m, files, attributed, labels)})
+    if analyses:
+        spec["analyses"] = analyses
+    path = folder / f"{_point_name(p, 'project')}.yaml"
+    path.write_text(yaml.safe_dump({"project": spec}, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+def _point_analysis(folder: Path, sub: str, p: FormatPoint, rng: np.random.Generator, m: int, files: int,
+                    attributed: np.ndarray, labels: np.ndarray) -> list[str]:
+    """The files of analysis method `m`: one category per class with attributed members, spread over `files`;
+    with `overlapping`, the second file repeats the first file's categories (same index) with other embeddings."""
+    categories = []
+    for c in range(p.n_classes):
+        members = attributed[labels[attributed, c]] if p.multi_label else attributed[labels[attributed] == c]
+        if len(members):
+            name = {"wnid": f"n{c:08d}", "index": f"{c:08d}"}.get(p.category_names, f"{ODD_NAMES[c % len(ODD_NAMES)]}-{c}")
+            categories.append((name, rng.permutation(members)))
+    parts = [list(chunk) for chunk in np.array_split(np.arange(len(categories)), min(files, len(categories)))]
+    if p.overlapping and len(parts) > 1:
+        parts[1] = sorted(set(parts[1]) | set(parts[0]))
+    sources = []
+    for part, chunk in enumerate(parts):
+        file = f"{sub}/{_point_name(p, f'analysis-{m}-{part}', part)}.h5"
+        with h5py.File(folder / file, "w") as h5:
+            for c in chunk:
+                name, members = categories[c]
+                group = h5.create_group(name)
+                group.create_dataset("index", data=members.astype(rng.choice(["uint32", "int64"])))
+                k = len(members)
+                emb = "spectral" if part == 0 else f"umap-{part}"
+                d = int(rng.integers(1, 5))
+                embedding = group.create_dataset(f"embedding/{emb}", data=rng.normal(size=(k, d)).astype(np.float32))
+                if rng.random() < 0.5:
+                    embedding.attrs["eigenvalue"] = np.sort(rng.random(d)).astype(np.float32)
+                if rng.random() < 0.5:
+                    tsne = group.create_dataset(f"embedding/tsne{'' if part == 0 else part}", data=rng.normal(size=(k, 2)).astype(np.float32))
+                    tsne.attrs["embedding"] = emb
+                clusters = group.create_dataset(f"cluster/{'kmeans-02' if part == 0 else f'dbscan-eps=0.{part}'}",
+                                                data=rng.integers(-1 if part else 0, 2, k).astype(rng.choice(["int32", "int64"])))
+                clusters.attrs["k"] = 2
+        sources.append(file)
+    return sources

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from ..errors import Problem, RelaylabError
 from . import store as zstore
-from .hdf5 import analysis_problems, image_group_problems, open_h5
+from .hdf5 import H5_ERRORS, analysis_problems, damaged, image_group_problems, open_h5
 from .dims import CLASS, SAMPLE
 from .labels import label_map_problems, label_map_warnings, read_label_map_json
 from .schema import schema_problems
@@ -131,6 +131,8 @@ def h5_file_problems(path: Path, required: tuple[str, ...]) -> list[Problem]:
             return [Problem(str(path), f"/{name}", f"a '{name}' array or group", "it is missing") for name in required if name not in h5]
     except RelaylabError as error:
         return error.problems
+    except H5_ERRORS as error:
+        return damaged(path, "", error).problems
 
 
 def opened_problems(path: Path, progress: bool) -> list[Problem]:
@@ -139,12 +141,20 @@ def opened_problems(path: Path, progress: bool) -> list[Problem]:
     except RelaylabError as error:
         return error.problems
     with project:
-        return content_problems(project, progress)
+        try:
+            return content_problems(project, progress)
+        except RelaylabError as error:  # e.g. a damaged chunk, found when its values are read
+            return error.problems
 
 
 def content_problems(project: Project, progress: bool) -> list[Problem]:
-    """Checks that read the arrays: labels within the label map, finite attributions, analysis indices in range."""
+    """Checks that read the arrays: labels within the label map, HDF5 inputs readable, finite attributions, analysis
+    indices in range."""
     problems = label_problems(project.inputs["label"], project.label_map, source_file(project.inputs, "input"), "/label")
+    if project.has_images and project.metadata.get("dataset", {}).get("type") == "hdf5":
+        # every stored input value read once, as the attributions are: a damaged chunk (a failing checksum or
+        # decompression) is reported here, not first by the conversion that reads it
+        problems += blockwise(project.inputs["input"], readable_problems, "inputs", progress)
     n = project.inputs.sizes[SAMPLE]
     for name, attributions in project.attributions.items():
         file = source_file(attributions, "attribution")
@@ -157,6 +167,14 @@ def content_problems(project: Project, progress: bool) -> list[Problem]:
         if project.attributions:
             problems += missing_attribution_problems(tree, project)
     return problems
+
+
+def readable_problems(values: xr.DataArray) -> list[Problem]:
+    try:
+        values.values
+    except RelaylabError as error:
+        return error.problems
+    return []
 
 
 def label_problems(labels: xr.DataArray, label_map: xr.Dataset, file: str, path: str) -> list[Problem]:
