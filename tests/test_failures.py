@@ -348,8 +348,13 @@ def test_the_report_is_one_line_however_the_message_looks():
 
 # -------------------------------------------------------------------------------------------- child processes
 
+# Ctrl-C as a terminal's foreground job gets it: a job started in the background by a non-interactive shell (CI, `cmd &`)
+# inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler
+SIGINT_AS_IN_A_TERMINAL = "signal.signal(signal.SIGINT, signal.default_int_handler)"
+
 FAULTY = textwrap.dedent("""
     import os, signal, sys
+    {sigint}
     from relaylab.data import store
     store.INNER_CHUNK_BYTES, store.SHARD_BYTES, store.SHARDS_PER_COPY_BLOCK = {chunk}, {shard}, 1
     original = store.ShardWriter.store
@@ -365,7 +370,7 @@ FAULTY = textwrap.dedent("""
 
 def run_faulty(tmp_path: Path, fault: str, *args) -> subprocess.CompletedProcess:
     script = tmp_path / "faulty.py"
-    script.write_text(FAULTY.format(chunk=CHUNK_BYTES, shard=SHARD_BYTES, fault=fault))
+    script.write_text(FAULTY.format(chunk=CHUNK_BYTES, shard=SHARD_BYTES, fault=fault, sigint=SIGINT_AS_IN_A_TERMINAL))
     return subprocess.run([sys.executable, script, *map(str, args)], capture_output=True, text=True, timeout=300)
 
 
@@ -411,8 +416,9 @@ ANALYZE_CTRL_C = textwrap.dedent("""
         sys.exit(main(sys.argv[1:]))
 
     if __name__ == "__main__":  # the workers' processes import this file too
+        SIGINT_AS_IN_A_TERMINAL
         run()
-""")
+""").replace("SIGINT_AS_IN_A_TERMINAL", SIGINT_AS_IN_A_TERMINAL)
 
 
 @pytest.mark.slow
