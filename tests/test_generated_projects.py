@@ -29,8 +29,6 @@ from relaylab.errors import RelaylabError
 
 from .generated import assert_matches, assert_same_reference, read_reference, value_range
 
-pytestmark = pytest.mark.slow
-
 BASE = settings().max_examples  # the profile's count; each test takes a multiple of it
 STORAGE = st.sampled_from(["contiguous", "chunked", "compressed", "group"])
 
@@ -79,6 +77,7 @@ def stored_value_range(store: Path) -> list[float] | None:
 ROUND_TRIP = st.sampled_from([True, False, False])
 
 
+@pytest.mark.slow  # over a minute: ./dev test --fast leaves it out; the examples below stay in
 @settings(max_examples=int(2.5 * BASE))
 @given(point=format_points(), trip=ROUND_TRIP)
 def test_generated_hdf5_projects_read_as_h5py_reads_them_and_round_trip(point, trip, tmp_path_factory):
@@ -108,6 +107,7 @@ UP = st.sampled_from(["none", "fill_zeros", "fill_ones", "edge_repeat", "mirror_
 DOWN = st.sampled_from(["none", "center_crop", "resize"])
 
 
+@pytest.mark.slow  # over a minute: ./dev test --fast leaves it out; the examples below stay in
 @settings(max_examples=int(0.6 * BASE))
 @given(sizes=SIZES, width=st.integers(4, 7), height=st.integers(4, 7), up=UP, down=DOWN,
        label_by=st.sampled_from(["word_net_id", "index"]), odd=st.booleans(), seed=st.integers(0, 2**16), trip=ROUND_TRIP)

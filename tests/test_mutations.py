@@ -31,8 +31,6 @@ from relaylab.errors import RelaylabError
 
 from .generated import assert_matches, read_reference
 
-pytestmark = pytest.mark.slow
-
 BASE = settings().max_examples
 
 # Small, varied valid projects to damage: (point or None for an image folder, its layout)
@@ -390,6 +388,7 @@ def checked_outcome(yaml_path: Path, layout: str, work: Path, what: str, unchang
     return "converted"
 
 
+@pytest.mark.slow  # over a minute: ./dev test --fast leaves it out; the examples below stay in
 @settings(max_examples=10 * BASE)
 @given(base=st.sampled_from(sorted(BASES)), data=st.data())
 def test_every_mutation_gives_the_right_data_or_a_relaylab_error_naming_the_file(base, data, bases, tmp_path_factory):
