@@ -268,12 +268,9 @@ def mutate(folder: Path, data) -> str:
 
 # ------------------------------------------------------------------------------------------------- the outcomes
 
-# Bugs the fuzzer found in code other engineers are changing now: the function whose raw exception marks each. The
-# fuzzer counts them as "known bug: ..." instead of failing, and the xfail(strict) tests below reproduce each one.
-KNOWN_BUGS = {
-    "sorted_members": "a per-sample group with damaged links: h5py's RuntimeError from group_members/sorted_members "
-                      "(hdf5.py, per-sample layouts), raised by validate's image_group_problems and by opening",
-}
+# Bugs the fuzzer found and that are not fixed yet: the function whose raw exception marks each. The fuzzer counts
+# them as "known bug: ..." instead of failing; give each an xfail(strict) test that reproduces it. None today.
+KNOWN_BUGS: dict[str, str] = {}
 
 
 def known_bug(error: BaseException) -> str | None:
@@ -434,9 +431,6 @@ def shuffle_h5(file: Path, name: str) -> None:
 
 
 
-@pytest.mark.xfail(strict=True, reason="hdf5.py (per-sample layouts, being reworked): group_members/sorted_members let "
-                   "h5py's RuntimeError ('Link iteration failed') out of a per-sample group with damaged links, through "
-                   "validate's image_group_problems; expected a RelaylabError/Problem naming the file and /attribution")
 def test_a_damaged_per_sample_group_is_reported_by_validate(bases, tmp_path):
     yaml_path, _, _ = bases["hwc-groups"]
     copy = tmp_path / "project"

@@ -182,7 +182,10 @@ class H5Array(BackendArray):
 
 
 def sorted_members(group: h5py.Group, file: str) -> list[str]:
-    keys = sorted(group.keys())
+    try:
+        keys = sorted(group.keys())
+    except (RuntimeError, KeyError, OSError) as error:  # a damaged group: its links cannot be listed
+        raise RelaylabError.at(file, group.name, "a readable group of per-sample arrays", str(error)) from None
     if not keys:
         raise RelaylabError.at(file, group.name, "a non-empty group of per-sample arrays", "an empty group")
     return keys
@@ -218,7 +221,7 @@ def group_members(group: h5py.Group, file: str) -> Members:
     for key in keys:
         try:
             node = h5py.h5o.open(group.id, key.encode())
-        except (KeyError, OSError) as error:  # e.g. a link to nothing
+        except (KeyError, OSError, RuntimeError) as error:  # e.g. a link to nothing, a damaged object header
             raise RelaylabError.at(file, f"{group.name}/{key}", "a per-sample array", str(error)) from None
         if not isinstance(node, h5py.h5d.DatasetID):
             raise RelaylabError.at(file, f"{group.name}/{key}", "a per-sample array", "a group")
