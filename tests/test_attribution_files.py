@@ -208,6 +208,7 @@ def config(tmp_path) -> Path:
     return path
 
 
+@pytest.mark.slow  # runs CoRelAy's example in its own environment, then ViRelAy's loader
 def test_the_corelay_example_files_analyse_from_the_command_line_and_open_in_virelay(tmp_path, cli, dask_cluster, config):
     folder = tmp_path / "example"
     attributions, label_map, artifact = write_example_files(folder)

@@ -374,6 +374,7 @@ def run_faulty(tmp_path: Path, fault: str, *args) -> subprocess.CompletedProcess
     return subprocess.run([sys.executable, script, *map(str, args)], capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow  # four child processes; the in-process cases cover the same messages
 def test_the_real_command_line_prints_no_traceback_and_ctrl_c_exits_130(make_project, tmp_path, monkeypatch, cli):
     small_copy_blocks(monkeypatch)  # as in the child processes
     project = make_project(n_samples=64, height=32, width=32)

@@ -394,6 +394,7 @@ def test_the_explorer_app_serves_every_project_named_in_relaylab_projects(make_p
         assert any('class="rl-footer" data-project="second"' in text for text in texts)
 
 
+@pytest.mark.slow  # a panel server per case; the in-process serve test covers the precedence quickly
 @pytest.mark.parametrize("both", [False, True], ids=["virelay-projects", "both-set"])
 def test_the_explorer_app_serves_the_projects_named_in_virelay_projects(make_project, tmp_path, both):
     """`panel serve apps/explorer.py` without --args reads ViRelAy's $VIRELAY_PROJECTS (`:`-separated, as ViRelAy's WSGI
