@@ -8,16 +8,13 @@ import base64
 import contextlib
 import hashlib
 import html
-import http.client
 import io
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import h5py
@@ -30,6 +27,8 @@ from relaylab.data.project import open_project
 from relaylab.errors import RelaylabError
 from relaylab.explore import colormaps, render, serve
 from relaylab.explore.data import ProjectData
+
+from .helpers import free_port, get, wait_for
 
 VIRELAY_PYTHON = os.environ.get("RELAYLAB_VIRELAY_PYTHON")
 REPO = Path(__file__).resolve().parents[1]
@@ -213,35 +212,6 @@ def test_project_data_renders_each_png_once_with_its_content_hash(project_path):
 
 
 # ----------------------------------------------------------------------------------------------------- the server
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def get(port: int, url: str, headers: dict | None = None) -> tuple[int, dict, bytes]:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    connection.request("GET", url, headers=headers or {})
-    response = connection.getresponse()
-    body = response.read()
-    connection.close()
-    return response.status, {k.lower(): v for k, v in response.getheaders()}, body
-
-
-def wait_for(port: int, path: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            status, _, _ = get(port, path)
-            if status == 200:
-                return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"no server answered {path} on port {port}")
-        time.sleep(0.2)
 
 
 @pytest.fixture
