@@ -24,6 +24,8 @@ from relaylab.data.synthetic import write_image_directory_project
 from relaylab.data.validate import validate
 from relaylab.errors import RelaylabError
 
+from .helpers import NUMPY_PADDING
+
 # A non-square target, so that a swapped height and width cannot pass.
 WIDTH, HEIGHT = 8, 6
 CLASSES = [(0, "n01440764", "tench"), (1, "n01443537", "goldfish"), (2, "n01484850", "great white shark")]
@@ -31,13 +33,6 @@ WNID_REGEX = r".*/(n\d{8})/[^/]+$"
 INDEX_REGEX = r".*/(\d+)/[^/]+$"
 # (width, height): smaller in both, larger in both, exact, and each mix of smaller and larger; odd differences.
 SIZES = [(5, 3), (11, 9), (8, 6), (6, 10), (13, 4), (3, 6), (8, 11), (1, 1)]
-NUMPY_PAD = {
-    "fill_zeros": dict(mode="constant", constant_values=0),
-    "fill_ones": dict(mode="constant", constant_values=1),
-    "edge_repeat": dict(mode="edge"),
-    "mirror_edge": dict(mode="reflect"),
-    "wrap_around": dict(mode="wrap"),
-}
 
 
 def random_image(width: int, height: int, seed: int) -> np.ndarray:
@@ -75,10 +70,10 @@ def expected_sample(pixels: np.ndarray, up: str, down: str) -> np.ndarray:
     if height < HEIGHT or width < WIDTH:
         if up == "resize":
             pixels = np.asarray(Image.fromarray(pixels).resize((WIDTH, HEIGHT), Image.Resampling.BICUBIC))
-        elif up in NUMPY_PAD:
+        elif up in NUMPY_PADDING:
             pad_y, pad_x = max(0, HEIGHT - height), max(0, WIDTH - width)
             pixels = np.pad(pixels, ((math.ceil(pad_y / 2), math.floor(pad_y / 2)),
-                                     (math.ceil(pad_x / 2), math.floor(pad_x / 2)), (0, 0)), **NUMPY_PAD[up])
+                                     (math.ceil(pad_x / 2), math.floor(pad_x / 2)), (0, 0)), **NUMPY_PADDING[up])
     height, width = pixels.shape[:2]
     if height > HEIGHT or width > WIDTH:
         if down == "resize":
@@ -98,7 +93,7 @@ def open_folder(folder, label_map, **settings) -> xr.Dataset:
 
 
 @pytest.mark.parametrize("down", ["center_crop", "resize"])
-@pytest.mark.parametrize("up", [*NUMPY_PAD, "resize"])
+@pytest.mark.parametrize("up", [*NUMPY_PADDING, "resize"])
 def test_every_sampling_method_gives_the_numpy_and_pillow_result(tmp_path, label_map_file, up, down):
     written = imagenet_folder(tmp_path / "images")
     ds = open_folder(tmp_path / "images", label_map_file, up_sampling_method=up, down_sampling_method=down)
