@@ -8,8 +8,11 @@ import shutil
 import h5py
 import numpy as np
 import pytest
+import xarray as xr
 import yaml
 import zarr
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sklearn.cluster import DBSCAN, AgglomerativeClustering
 
 from relaylab.analyze.config import build_spray, load_config
@@ -215,3 +218,54 @@ def test_dbscan_and_agglomerative_clusterings_built_from_the_config(planted, tmp
                 assert report["precision"] == 1.0 and report["recall"] == 1.0  # one of the three clusters is exactly the artifact
             else:
                 assert not is_marked.any()
+
+
+def analysis_values(store, name: str) -> dict[str, np.ndarray]:
+    with open_project(store) as project:
+        tree = project.analyses[name]
+        return {f"{node.path}/{var}": node[var].values for node in tree.subtree for var in node.variables}
+
+
+def test_in_process_and_batched_dask_runs_write_the_same_analysis(planted, cli, dask_cluster, monkeypatch):
+    """One batch without a scheduler runs in this process; with small batches on a cluster, several categories per
+    task are read in one selection and committed by the workers: the analyses are identical."""
+    from relaylab.analyze import run as analyze_run
+
+    store, config, _ = planted
+    assert cli("analyze", "-q", store, "--name", "here", "--config", config).returncode == 0
+    monkeypatch.setattr(analyze_run, "BATCH_SAMPLES", 150)  # two categories of 100 cannot share a batch: 3 tasks
+    result = cli("analyze", "-q", store, "--name", "there", "--config", config, "--scheduler", dask_cluster.scheduler_address)
+    assert result.returncode == 0, result.stderr
+    here, there = analysis_values(store, "here"), analysis_values(store, "there")
+    assert sorted(here) == sorted(there) and len(here) > 10
+    for key, values in here.items():
+        np.testing.assert_array_equal(there[key], values, err_msg=key)
+
+
+@settings(max_examples=60, deadline=None)
+@given(sizes=st.lists(st.integers(1, 500), min_size=1, max_size=40), sample_bytes=st.sampled_from([0, 4096, 2**20, 2**30]))
+def test_batches_hold_every_category_once_largest_first_and_within_the_limit(sizes, sample_bytes):
+    from relaylab.analyze import run as analyze_run
+
+    groups = {f"c{i}": np.arange(n) for i, n in enumerate(sizes)}
+    work = analyze_run.batches(groups, sample_bytes)
+    limit = max(1, min(analyze_run.BATCH_SAMPLES, analyze_run.BATCH_BYTES // max(sample_bytes, 1)))
+    assert sorted(c for batch in work for c in batch) == sorted(groups)
+    flat = [len(groups[c]) for batch in work for c in batch]
+    assert flat == sorted(flat, reverse=True)
+    for batch in work:
+        assert len(batch) == 1 or sum(len(rows) for rows in batch.values()) <= limit
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data())
+def test_read_rows_returns_the_selected_rows_whichever_way_it_reads(data):
+    from relaylab.analyze import run as analyze_run
+    from relaylab.data.dims import SAMPLE
+
+    n = data.draw(st.integers(1, 400))
+    rows = np.unique(np.array(data.draw(st.lists(st.integers(0, n - 1), min_size=1, max_size=60))))
+    values = np.arange(n * 6, dtype=np.float32).reshape(n, 2, 3)
+    variable = xr.DataArray(values, dims=(SAMPLE, "a", "b"))
+    budget = data.draw(st.sampled_from([0, analyze_run.BATCH_BYTES]))  # 0: a scattered selection reads row by row
+    np.testing.assert_array_equal(analyze_run.read_rows(variable, rows, budget), values[rows])

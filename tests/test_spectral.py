@@ -159,3 +159,15 @@ def test_spray_steps_are_swappable_sklearn_estimators():
     assert spray.get_params()["spectral__n_components"] == 6
     fitted = spray.fit(maps)
     assert fitted.embeddings_["pca"].shape == (180, 2)
+
+
+def test_spray_checks_its_parameters_on_the_first_fit_and_after_set_params():
+    """Later fits of one estimator skip scikit-learn's parameter checks (a small category's fixed cost) and give the
+    same result; `set_params` turns the checks back on, so a bad value is still reported by name."""
+    X, _ = make_blobs(n_samples=80, centers=3, n_features=6, random_state=0)
+    spray = SpRAy(clusterings={"kmeans-03": kmeans(3)})
+    first = spray.fit(X).labels_["kmeans-03"].copy()
+    np.testing.assert_array_equal(spray.fit(X).labels_["kmeans-03"], first)
+    spray.set_params(clusterings={"kmeans-03": kmeans(3).set_params(kmeans__n_init=-1)})
+    with pytest.raises(ValueError, match="n_init"):
+        spray.fit(X)

@@ -12,6 +12,8 @@ import numpy as np
 import xarray as xr
 import pytest
 import zarr
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from relaylab.data import store as zstore
 from relaylab.data.convert import convert_to_virelay, convert_to_zarr
@@ -293,3 +295,24 @@ def test_shard_writer_stores_the_bytes_zarr_itself_would(tmp_path, dtype):
     for file in files:
         assert (tmp_path / "s.zarr" / "ours" / file).read_bytes() == (tmp_path / "s.zarr" / "theirs" / file).read_bytes()
     np.testing.assert_array_equal(zarr.open_array(tmp_path / "s.zarr" / "ours")[:], values)
+
+
+@settings(max_examples=25, deadline=None)
+@given(data=st.data())
+def test_tree_encoder_writes_what_xarray_writes(data):
+    """Categories of one structure reuse the first one's metadata: every file equals xarray's own `to_zarr` output,
+    byte for byte, for any sizes, including arrays too large for one chunk (which go through xarray)."""
+    clusterings = data.draw(st.lists(st.sampled_from(["kmeans-02", "kmeans-03", "hdbscan"]), min_size=1, unique=True))
+    encoder = zstore.TreeEncoder()
+    for _ in range(3):
+        n = data.draw(st.integers(1, 2500))
+        k = data.draw(st.sampled_from([2, 8, 32]))
+        rng = np.random.default_rng(n)
+        nodes = {"/": xr.Dataset(coords={"index": ("member", rng.integers(0, 10**6, n).astype(np.uint32))}),
+                 "/embedding/spectral": xr.Dataset({"embedding": (("member", "component"), rng.random((n, k), dtype=np.float32))},
+                                                   coords={"eigenvalue": ("component", rng.random(k, dtype=np.float32))}),
+                 "/cluster": xr.Dataset({c: ("member", rng.integers(-1, 5, n), {"embedding": "spectral"}) for c in clusterings})}
+        tree = xr.DataTree.from_dict(nodes)
+        attrs = {"kind": "category", "status": "complete"}
+        expected = zstore._with_xarray({node.relative_to(tree): zstore._node_dataset(node) for node in tree.subtree}, attrs)
+        assert encoder.encode(tree, attrs) == expected

@@ -1,14 +1,17 @@
-"""`relaylab analyze`: SpRAy over every category of a project, one Dask task per category, each committed to the
-project's Zarr store as it finishes, so a killed run re-run with the same command skips finished categories.
+"""`relaylab analyze`: SpRAy over every category of a project, as Dask tasks of one or several categories (small
+ones are batched), each category committed to the project's Zarr store as it arrives, so a killed run re-run with
+the same command skips finished categories. Work that fits in one task runs in this process, without a cluster.
 
-Workers read their category's attributions from the store themselves (chunk by chunk, as Dask arrays), so no large
-array passes through the scheduler. Categories too small for the configured neighbours and eigenvectors are skipped
-and listed in the analysis' attributes.
+Workers read their batch's attributions from the store themselves, so no large array passes through the scheduler.
+Categories too small for the configured neighbours and eigenvectors are skipped and listed in the analysis'
+attributes.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -50,16 +53,66 @@ def categories(attributions: xr.Dataset, grouping: str, label_map: xr.Dataset) -
     return {category_name(label_map, int(c)): np.flatnonzero(member(c)) for c in present}
 
 
-def run_category(store: str, attribution: str, rows: np.ndarray, config: dict) -> xr.DataTree:
-    """One category's SpRAy, on a worker; reads its own heatmaps from the store."""
-    heatmaps = zstore.open_group(store, f"attributions/{attribution}").isel({SAMPLE: rows})
-    values = np.asarray(heatmaps["attribution"].values)
-    bad = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
-    if bad.any():
-        raise RelaylabError(Problem(store, f"attributions/{attribution}/attribution", "finite heatmaps",
-                                    f"NaN/inf at samples {heatmaps[SAMPLE].values[bad][:5].tolist()}"))
-    spray = build_spray(config).fit(values)
-    return spray.to_tree(heatmaps[SAMPLE].values)
+# Small categories go several to a task, so the fixed costs of a task (scheduling, opening the store, sending the
+# results back) are paid per batch, not per category: at most BATCH_SAMPLES samples and BATCH_BYTES of heatmaps.
+BATCH_SAMPLES = 4_000
+BATCH_BYTES = 256 * 2**20
+
+
+def batches(groups: dict[str, np.ndarray], sample_bytes: int = 0) -> list[dict[str, np.ndarray]]:
+    """The categories largest first, packed in that order into batches (a category larger than a batch forms one of
+    its own)."""
+    size = max(1, min(BATCH_SAMPLES, BATCH_BYTES // max(sample_bytes, 1)))
+    out: list[dict[str, np.ndarray]] = []
+    total = size
+    for category in sorted(groups, key=lambda c: -len(groups[c])):
+        rows = groups[category]
+        if total + len(rows) > size:
+            out.append({})
+            total = 0
+        out[-1][category] = rows
+        total += len(rows)
+    return out
+
+
+def analyse_batch(store: str, group: str, attribution: str, batch: dict[str, np.ndarray], config: dict) -> Iterator[tuple[str, xr.DataTree]]:
+    """(category, its SpRAy as a tree) for each category of `batch`, in order; reads the batch's heatmaps from the
+    store in one selection. One estimator serves the batch, so its parameters are checked once."""
+    heatmaps = zstore.open_group(store, f"attributions/{attribution}", chunks=None)
+    with closing(heatmaps):
+        rows = np.unique(np.concatenate(list(batch.values())))
+        with step(f"reading {len(rows)} samples of attributions/{attribution} for {group}", store):
+            values = read_rows(heatmaps["attribution"], rows)
+            samples = np.asarray(heatmaps[SAMPLE].values)
+    spray = build_spray(config)
+    for category, members in batch.items():
+        with step(f"analysing {group}/{category}", store):
+            x = values[np.searchsorted(rows, members)]
+            bad = ~np.isfinite(x.reshape(len(x), -1)).all(axis=1)
+            if bad.any():
+                raise RelaylabError(Problem(store, f"attributions/{attribution}/attribution", "finite heatmaps",
+                                            f"NaN/inf at samples {samples[members][bad][:5].tolist()}"))
+            yield category, spray.fit(x).to_tree(samples[members])
+
+
+def read_rows(variable: xr.DataArray, rows: np.ndarray, budget: int = BATCH_BYTES) -> np.ndarray:
+    """`variable`'s rows `rows` (sorted, unique). Read as the one slice spanning them when that reads at most
+    `budget` bytes or twice what is needed: a Zarr selection of scattered rows costs a file read per row, a slice one per
+    shard (a category's samples are usually stored together)."""
+    span = slice(int(rows[0]), int(rows[-1]) + 1)
+    row_bytes = variable.dtype.itemsize * int(np.prod(variable.shape[1:]))
+    if (span.stop - span.start) * row_bytes <= max(budget, 2 * len(rows) * row_bytes):
+        return np.asarray(variable.isel({SAMPLE: span}).values)[rows - span.start]
+    return np.asarray(variable.isel({SAMPLE: rows}).values)
+
+
+def run_batch(writer: zstore.AnalysisWriter, attribution: str, batch: dict[str, np.ndarray], config: dict) -> list[str]:
+    """`analyse_batch` as one Dask task that commits each category itself; returns the categories committed."""
+    done = []
+    for category, tree in analyse_batch(str(writer.path), writer.group, attribution, batch, config):
+        writer.commit(category, tree)
+        done.append(category)
+    return done
 
 
 def minimum_members(config: dict) -> int:
@@ -108,6 +161,8 @@ def analyze(project_path: str | Path, name: str, config: dict, *, scheduler: str
         attribution = chosen_attribution(project, config)
         build_spray(config)  # unknown steps fail here, before anything is written
         groups = categories(project.attributions[attribution], config["grouping"], project.label_map)
+        heatmap = project.attributions[attribution]["attribution"]
+        sample_bytes = heatmap.dtype.itemsize * int(np.prod(heatmap.shape[1:]))
     store = str(Path(project_path))
     small = minimum_members(config)
     skipped = {c: f"{len(rows)} samples, fewer than the {small} that {config['knn'].get('n_neighbors', 10)} neighbours "
@@ -118,26 +173,35 @@ def analyze(project_path: str | Path, name: str, config: dict, *, scheduler: str
         todo = [c for c in writer.pending(groups) if c not in skipped]
         log.info("%s: %d categories to analyse, %d done before, %d skipped", name, len(todo), len(writer.done), len(skipped))
         if todo:
-            run_tasks(writer, attribution, {c: groups[c] for c in todo}, config, scheduler, n_workers, progress)
+            run_tasks(writer, attribution, {c: groups[c] for c in todo}, config, scheduler, n_workers, progress, sample_bytes)
         writer.finish(skipped=skipped)
     return {"done": sorted(writer.done), "skipped": skipped}
 
 
 def run_tasks(writer: zstore.AnalysisWriter, attribution: str, groups: dict[str, np.ndarray], config: dict,
-              scheduler: str | None, n_workers: int | None, progress: bool) -> None:
-    """One Dask task per category, largest first, each committed as it finishes."""
-    from distributed import as_completed
-
+              scheduler: str | None, n_workers: int | None, progress: bool, sample_bytes: int = 0) -> None:
+    """Batches of categories (`batches`) as Dask tasks, largest first; the workers commit each category as it is
+    done (the store is on a file system they share). Work that fits in one batch runs in this process, committed category by category, when neither a
+    scheduler nor a number of workers is given: starting a LocalCluster would cost more than the work."""
     store = str(writer.path)
-    with dask_client(scheduler, store, local=True, n_workers=n_workers) as client:
-        largest_first = sorted(groups, key=lambda c: -len(groups[c]))
-        futures = {client.submit(run_category, store, attribution, groups[c], config, key=f"spray-{writer.name}-{c}", pure=False): c
-                   for c in largest_first}
-        with tqdm(total=len(futures), desc=writer.group, unit="category", disable=not progress) as bar:
+    work = batches(groups, sample_bytes)
+    with tqdm(total=len(groups), desc=writer.group, unit="category", disable=not progress) as bar:
+        def committed(categories: list[str]) -> None:
+            bar.set_postfix_str(categories[-1])
+            bar.update(len(categories))
+
+        if scheduler is None and n_workers is None and len(work) == 1:
+            for category, tree in analyse_batch(store, writer.group, attribution, work[0], config):
+                writer.commit(category, tree)
+                committed([category])
+            return
+        from distributed import as_completed
+
+        with dask_client(scheduler, store, local=True, n_workers=n_workers) as client:
+            remote = writer.for_worker()
+            futures = [client.submit(run_batch, remote, attribution, batch, config,
+                                     key=f"spray-{writer.name}-{i}-{next(iter(batch))}", pure=False) for i, batch in enumerate(work)]
             for future in as_completed(futures):
-                category = futures[future]
-                with step(f"analysing {writer.group}/{category}", store):
-                    result = future.result()
-                writer.commit(category, result)
-                bar.set_postfix_str(category)
-                bar.update()
+                done = future.result()
+                writer.record(done)
+                committed(done)

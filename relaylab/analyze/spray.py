@@ -12,6 +12,8 @@ run too, since a small planted group gives clusters of very unequal size that k-
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 
 import numpy as np
@@ -99,6 +101,23 @@ def default_clusterings(random_state=0) -> dict[str, ClusterMixin]:
     return clusterings
 
 
+ONE_THREAD_BELOW = 2_000  # samples: below this, BLAS/OpenMP threads cost more to wake than the arithmetic they share
+
+
+@functools.cache
+def _threadpools():
+    """One threadpoolctl controller per process (building one scans the loaded libraries, ~10 ms)."""
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
+def _one_thread(n: int):
+    """BLAS and OpenMP limited to one thread for a small category: its k-means, eigensolver and products are too
+    small to share, and on a worker with siblings the extra threads only oversubscribe the cores."""
+    return _threadpools().limit(limits=1) if n < ONE_THREAD_BELOW else contextlib.nullcontext()
+
+
 def default_knn():
     from .knn import KNNGraph
 
@@ -118,7 +137,21 @@ class SpRAy(BaseEstimator):
         self.clusterings = clusterings
         self.embeddings = embeddings
 
+    def set_params(self, **params):
+        self._checked = False
+        return super().set_params(**params)
+
     def fit(self, X, y=None):
+        """Parameters of every step are validated on the first fit (and the first after `set_params`); later fits of
+        the same estimator skip scikit-learn's per-call checks, which cost more than a small category's arithmetic."""
+        from sklearn import config_context
+
+        with _one_thread(len(X)), config_context(skip_parameter_validation=getattr(self, "_checked", False)):
+            self._fit(X)
+        self._checked = True
+        return self
+
+    def _fit(self, X):
         features = clone(self.preprocessing or Flatten()).fit_transform(X)
         features = np.asarray(features).reshape(len(features), -1)
         graph = clone(self.knn or default_knn()).fit_transform(features)
@@ -132,7 +165,6 @@ class SpRAy(BaseEstimator):
         self.embeddings_ = {"spectral": self.embedding_}
         for name, est in (self.embeddings or {}).items():
             self.embeddings_[name] = np.asarray(clone(est).fit_transform(self.embedding_), dtype=np.float32)
-        return self
 
     def fit_predict(self, X, y=None):
         """The labels of the first clustering (scikit-learn's ClusterMixin contract)."""

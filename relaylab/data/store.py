@@ -545,6 +545,93 @@ def list_groups(path: str | Path, parent: str) -> list[str]:
 # ------------------------------------------------------------------------------------------------------- analyses
 
 
+class TreeEncoder:
+    """The Zarr v3 files (path → bytes) of a small DataTree, as xarray's `to_zarr` writes them, made fast for trees
+    of one repeated structure: an analysis' categories.
+
+    xarray and zarr pay about a millisecond of event-loop round trips per array, ten times the work of encoding a
+    small category's ~10 arrays. So the first tree of each structure (nodes, variables, dtypes, dimensions,
+    attributes) is written by xarray into memory and kept as a template; a later tree of that structure reuses the
+    template's metadata documents with only the shapes replaced, and encodes each array's one chunk with the same
+    codecs (little-endian bytes, then Zstandard, zarr's defaults). Arrays zarr would split into several chunks
+    (over `SINGLE_CHUNK_BYTES`), and any other codec, go through xarray."""
+
+    SINGLE_CHUNK_BYTES = 200 * 2**10  # zarr's chunk guess keeps an array whole below 256 KiB
+
+    def __init__(self):
+        self.templates: dict[str, dict | None] = {}
+
+    def encode(self, tree: xr.DataTree, relaylab_attrs: dict | None = None) -> dict[str, bytes]:
+        nodes = {node.relative_to(tree): _node_dataset(node) for node in tree.subtree}
+        key = _structure(nodes, relaylab_attrs)
+        template = self.templates.get(key)
+        if template is not None:
+            files = _from_template(template, nodes, self.SINGLE_CHUNK_BYTES)
+            if files is not None:
+                return files
+        files = _with_xarray(nodes, relaylab_attrs)
+        if key not in self.templates:
+            self.templates[key] = _template(files, nodes)
+        return files
+
+
+def _node_dataset(node: xr.DataTree) -> xr.Dataset:
+    ds = node.to_dataset(inherit=False)
+    ds.attrs = {k: v for k, v in ds.attrs.items() if k != "source_file"}
+    return ds
+
+
+def _structure(nodes: dict[str, xr.Dataset], relaylab_attrs: dict | None) -> str:
+    """Everything but the values and sizes: two trees with the same structure get the same metadata from xarray."""
+    return json.dumps([relaylab_attrs, [(path, ds.attrs, sorted(ds.coords), [(name, var.dtype.str, var.dims, var.attrs, var.encoding.get("dtype"))
+                       for name, var in sorted(ds.variables.items())]) for path, ds in nodes.items()]], sort_keys=True, default=str)
+
+
+def _with_xarray(nodes: dict[str, xr.Dataset], relaylab_attrs: dict | None) -> dict[str, bytes]:
+    staged = MemoryStore()
+    for path, ds in nodes.items():  # the root node comes first
+        ds.to_zarr(staged, group=None if path == "." else path, mode="w", consolidated=False, zarr_format=3)
+    if relaylab_attrs is not None:
+        zarr.open_group(staged, mode="r+", zarr_format=3).attrs["relaylab"] = relaylab_attrs
+    return {key: value.to_bytes() for key, value in staged._store_dict.items()}
+
+
+def _array_key(path: str, name: str) -> str:
+    return name if path == "." else f"{path}/{name}"
+
+
+def _template(files: dict[str, bytes], nodes: dict[str, xr.Dataset]) -> dict | None:
+    """The metadata documents of a tree xarray wrote, when every array is one chunk with the default codecs."""
+    arrays = {}
+    for path, ds in nodes.items():
+        for name, var in ds.variables.items():
+            key = _array_key(path, name)
+            meta = json.loads(files[f"{key}/zarr.json"])
+            codecs = meta.get("codecs", [])
+            if (meta["chunk_grid"]["configuration"]["chunk_shape"] != list(var.shape) or var.size == 0 or var.ndim == 0
+                    or [c["name"] for c in codecs] != ["bytes", "zstd"] or codecs[0]["configuration"].get("endian") != "little"
+                    or codecs[1]["configuration"].get("checksum")):
+                return None
+            arrays[key] = (path, name, meta, numcodecs.Zstd(level=codecs[1]["configuration"]["level"]))
+    groups = {key: value for key, value in files.items()
+              if key.endswith("zarr.json") and key.removesuffix("zarr.json").rstrip("/") not in arrays}
+    return {"arrays": arrays, "groups": groups}
+
+
+def _from_template(template: dict, nodes: dict[str, xr.Dataset], limit: int) -> dict[str, bytes] | None:
+    files = dict(template["groups"])
+    for key, (path, name, meta, codec) in template["arrays"].items():
+        var = nodes[path].variables[name]
+        values = np.ascontiguousarray(var.values)
+        if values.dtype.str != np.dtype(meta["data_type"]).newbyteorder("<").str or values.nbytes > limit or values.size == 0:
+            return None
+        meta = {**meta, "shape": list(values.shape),
+                "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": list(values.shape)}}}
+        files[f"{key}/zarr.json"] = json.dumps(meta, indent=2).encode()
+        files[f"{key}/c/" + "/".join("0" * values.ndim)] = bytes(codec.encode(values.astype(values.dtype.newbyteorder("<"), copy=False)))
+    return files
+
+
 class AnalysisWriter:
     """An analysis written category by category, resumable: made by `begin_analysis`. The same verbs as
     `SampleGroupWriter`, with categories for blocks: `pending(categories)`, `commit(category, tree)`, `finish()`;
@@ -554,12 +641,13 @@ class AnalysisWriter:
     def __init__(self, path: Path, name: str, done: set[str], created: bool = False):
         self.path, self.name, self.group, self.done = path, name, f"analyses/{name}", done
         self.created = created
+        self.encoder = TreeEncoder()
 
     def __enter__(self) -> AnalysisWriter:
         return self
 
     def __exit__(self, kind, error, traceback) -> None:
-        if error is not None and self.created and not self.done:
+        if error is not None and self.created and not self.done and not complete_categories(_root(self.path), self.group):
             try:
                 remove_group(self.path, self.group)
                 log.info("removed %s/%s: the job stopped before writing any of it", self.path, self.group)
@@ -569,33 +657,34 @@ class AnalysisWriter:
     def pending(self, categories: Iterable[str]) -> list[str]:
         return [c for c in categories if c not in self.done]
 
-    def commit(self, category: str, tree: xr.DataTree) -> None:
-        """Write one category, then mark it complete (a category a kill interrupted is redone whole).
+    def for_worker(self) -> AnalysisWriter:
+        """A writer of the same analysis to send to a Dask worker, which commits its categories itself (in parallel
+        with the other workers, and without sending them back); `done` is not shared: add what the worker reports."""
+        return AnalysisWriter(self.path, self.name, set())
 
-        The nodes are encoded by xarray into an in-memory Zarr store, then copied to disk file by file with the
-        category's own metadata (which carries status "complete") last: zarr's local store pays event-loop round trips
-        per small array, which dominate an analysis of many small categories."""
+    def commit(self, category: str, tree: xr.DataTree) -> None:
+        """Write one category, then mark it complete (a category a kill interrupted is redone whole): its files are
+        encoded in memory (`TreeEncoder`) and written with the category's own metadata, which carries status
+        "complete", last."""
         with step(f"writing {self.group}/{category}", self.path):
             self._commit(category, tree)
-        self.done.add(category)
+        self.record([category])
+
+    def record(self, categories: Iterable[str]) -> None:
+        """Note categories as committed, by this writer or by a worker's (`for_worker`)."""
+        self.done.update(categories)
 
     def _commit(self, category: str, tree: xr.DataTree) -> None:
-        staged = MemoryStore()
-        for node in tree.subtree:  # the category's own node comes first
-            node_ds = node.to_dataset(inherit=False)
-            node_ds.attrs = {k: v for k, v in node_ds.attrs.items() if k != "source_file"}
-            relative = node.relative_to(tree)
-            node_ds.to_zarr(staged, group=None if relative == "." else relative, mode="w", consolidated=False, zarr_format=3)
-        zarr.open_group(staged, mode="r+", zarr_format=3).attrs["relaylab"] = {"kind": "category", "status": "complete"}
+        files = self.encoder.encode(tree, {"kind": "category", "status": "complete"})
         folder = self.path / self.group / category
         shutil.rmtree(folder, ignore_errors=True)  # stale nodes of a killed write
         made: set[Path] = set()
-        for key in sorted(staged._store_dict, key=lambda k: k == "zarr.json"):
+        for key in sorted(files, key=lambda k: k == "zarr.json"):  # the category's own metadata last
             target = folder / key
             if target.parent not in made:  # each directory created once
                 target.parent.mkdir(parents=True, exist_ok=True)
                 made.add(target.parent)
-            target.write_bytes(staged._store_dict[key].to_bytes())
+            target.write_bytes(files[key])
 
     def finish(self, **attrs) -> None:
         """Every category is committed: status "complete", plus `attrs` (e.g. the categories skipped)."""
@@ -618,8 +707,12 @@ def begin_analysis(path: str | Path, name: str, attrs: dict | None = None, *, re
     if meta is None:
         root.create_group(group, overwrite=True, attributes={"relaylab": {"kind": "analysis", "status": "writing", **(attrs or {})}})
         return AnalysisWriter(path, name, set(), created=True)
-    done = {c for c, _ in root[group].groups() if (group_meta(root, f"{group}/{c}") or {}).get("status") == "complete"}
-    return AnalysisWriter(path, name, done)
+    return AnalysisWriter(path, name, complete_categories(root, group))
+
+
+def complete_categories(root: zarr.Group, group: str) -> set[str]:
+    """The categories of the analysis `group` whose commit finished."""
+    return {c for c, _ in root[group].groups() if (group_meta(root, f"{group}/{c}") or {}).get("status") == "complete"}
 
 
 def write_analysis(path: str | Path, name: str, tree: xr.DataTree, *, attrs: dict | None = None, replace: bool = False,
