@@ -5,6 +5,7 @@
     python -m benchmarks spray --sizes n=5000,10000 d=1024 --embeddings tsne
     python -m benchmarks spray --only target           # the 20,000 × 1024 goal, each variant run once
     python -m benchmarks spray --device cuda           # relaylab's kNN search, Laplacian and eigensolver on the GPU
+    python -m benchmarks spray --only many             # 1000 classes × 50: `relaylab analyze` vs CoRelAy's loop (spray_many.py)
 
 Data: attribution-like features, 4 planted groups of 40/30/20/10 % on a 16-dimensional subspace plus isotropic
 noise (float32), generated once per (N, D) and kept in --work. Every implementation runs in its own child process
@@ -32,7 +33,7 @@ from pathlib import Path
 from . import parse_sizes, child_result, format_table, machine_info, row, run_child, write_results
 
 DESCRIPTION = "SpRAy per category vs N and D, per stage, against CoRelAy 1.0.0 and scikit-learn's SpectralClustering"
-MEASUREMENTS = ("scaling", "target")
+MEASUREMENTS = ("scaling", "target", "many")
 DEFAULT_SIZES = {"n": [1000, 5000, 10000, 20000], "d": [256, 1024], "target": [20000]}
 SMOKE_SIZES = {"n": [500, 2000], "d": [256], "target": []}
 GROUPS = (0.4, 0.3, 0.2, 0.1)  # planted group sizes
@@ -392,7 +393,8 @@ def plot(path: Path, summaries: dict[int, dict[int, dict[str, float]]], title: s
 
 
 def run(args) -> int:
-    sizes = parse_sizes(args.sizes, SMOKE_SIZES if args.smoke else DEFAULT_SIZES)
+    own = [t for t in args.sizes or [] if not t.startswith("many")]  # many= and many_large= are spray_many's
+    sizes = parse_sizes(own, SMOKE_SIZES if args.smoke else DEFAULT_SIZES)
     if args.embeddings is None:
         args.embeddings = ["tsne"] if args.smoke else ["tsne", "umap"]
     only = set(args.only or MEASUREMENTS)
@@ -415,6 +417,10 @@ def run(args) -> int:
     if "target" in only:
         for n in sizes["target"]:
             rows += measure_target(args, work, n, labels_dir)
+    if "many" in only:
+        from . import spray_many
+
+        rows += spray_many.measure(args, work)
     elapsed = time.perf_counter() - started
     notes = [
         f"{args.warmup} warm-up run(s) dropped inside each child process, median of {args.repeats}; target variants run once",

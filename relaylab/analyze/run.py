@@ -153,7 +153,7 @@ def analyze(project_path: str | Path, name: str, config: dict, *, scheduler: str
             n_workers: int | None = None, progress: bool = True) -> dict:
     """Run and commit every unfinished category of the store `project_path`; returns {"done": [...], "skipped":
     {category: reason}}. (`workstore.prepare_store` gives the store of a project's own files.)"""
-    project = open_project(project_path)
+    project = open_project(project_path, dask=False)  # labels only: the workers read the heatmaps themselves
     with project:
         if project.metadata.get("format") != "relaylab-zarr":
             raise RelaylabError.at(project_path, "", "a relaylab Zarr store to write the analysis into",

@@ -67,8 +67,6 @@ def prepare_store(project: str | os.PathLike, *, label_map: str | os.PathLike | 
 
     A store made from other files, or from these files before they changed, is refused: the user deletes it or
     names another with `store`."""
-    from .convert import convert_to_zarr
-
     project = Path(project)
     if zstore.is_store(project):
         if label_map is not None or store is not None:
@@ -79,6 +77,8 @@ def prepare_store(project: str | os.PathLike, *, label_map: str | os.PathLike | 
     if label_map is None and project.suffix.lower() in (".h5", ".hdf5", ".hdf") and project.is_file():
         raise RelaylabError.at(project, "", "a label map for an attribution HDF5 file: --label-map FILE (ViRelAy's JSON list "
                                "of {index, word_net_id, name})", "none given")
+    from .convert import convert_to_zarr
+
     target = Path(store) if store is not None else default_store_path(project)
     source = str(project.resolve())
     files = source_files(project, label_map)
