@@ -297,7 +297,7 @@ def test_shard_writer_stores_the_bytes_zarr_itself_would(tmp_path, dtype):
     np.testing.assert_array_equal(zarr.open_array(tmp_path / "s.zarr" / "ours")[:], values)
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=10, deadline=None)
 @given(data=st.data())
 def test_tree_encoder_writes_what_xarray_writes(data):
     """Categories of one structure reuse the first one's metadata: every file equals xarray's own `to_zarr` output,
