@@ -106,9 +106,10 @@ def add_commands(commands) -> None:
         formatter_class=RAW,
         description="Spectral Relevance Analysis of an attribution set, per category: preprocessing, kNN graph,\n"
                     "affinity, graph Laplacian, eigenvectors, clusterings and 2-D embeddings (see\n"
-                    "examples/spray.yaml; the defaults are CoRelAy's). Categories run as Dask tasks on a\n"
-                    "LocalCluster, or on the scheduler given with --scheduler. Each finished category is committed to\n"
-                    "a relaylab Zarr store, so a killed run re-run with the same command skips them.\n\n"
+                    "examples/spray.yaml; the defaults are CoRelAy's). Categories run as Dask tasks (small ones\n"
+                    "several to a task) on a LocalCluster, or on the scheduler given with --scheduler; work that fits\n"
+                    "in one task runs in this process. Each finished category is committed to a relaylab Zarr store,\n"
+                    "so a killed run re-run with the same command skips them.\n\n"
                     "PROJECT is that store, or a project's own files, converted once into a store beside them\n"
                     "(project.yaml -> project.zarr, attributions.h5 -> attributions.zarr) or at --store:\n"
                     "  - a ViRelAy or relaylab project YAML;\n"
