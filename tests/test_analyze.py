@@ -81,7 +81,10 @@ def test_analyze_isolates_a_planted_artifact_and_score_reports_it(planted, tmp_p
     assert "kmeans-02          ARI 1.000" in scored.stdout
 
 
-def test_a_rerun_redoes_only_unfinished_categories_with_the_same_result(planted, cli, dask_cluster):
+def test_a_rerun_redoes_only_unfinished_categories_with_the_same_result(planted, cli, dask_cluster, monkeypatch):
+    from relaylab.analyze import run as analyze_run
+
+    monkeypatch.setattr(analyze_run, "BATCH_SAMPLES", 100)  # one category per task: each in its own folder
     store, config, _ = planted
     command = ["analyze", "-q", store, "--name", "spray", "--config", config, "--scheduler", dask_cluster.scheduler_address]
     assert cli(*command).returncode == 0
@@ -227,19 +230,46 @@ def analysis_values(store, name: str) -> dict[str, np.ndarray]:
 
 
 def test_in_process_and_batched_dask_runs_write_the_same_analysis(planted, cli, dask_cluster, monkeypatch):
-    """One batch without a scheduler runs in this process; with small batches on a cluster, several categories per
-    task are read in one selection and committed by the workers: the analyses are identical."""
-    from relaylab.analyze import run as analyze_run
-
+    """One batch without a scheduler runs in this process, a folder per category; on a cluster the three categories
+    are one task, read in one selection and committed by the worker as one pack: the analyses read back identical."""
     store, config, _ = planted
     assert cli("analyze", "-q", store, "--name", "here", "--config", config).returncode == 0
-    monkeypatch.setattr(analyze_run, "BATCH_SAMPLES", 150)  # two categories of 100 cannot share a batch: 3 tasks
     result = cli("analyze", "-q", store, "--name", "there", "--config", config, "--scheduler", dask_cluster.scheduler_address)
     assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in (store / "analyses/here").iterdir()) == ["n00000000", "n00000001", "n00000002", "zarr.json"]
+    assert sorted(p.name for p in (store / "analyses/there").iterdir()) == ["_packs", "zarr.json"]
     here, there = analysis_values(store, "here"), analysis_values(store, "there")
     assert sorted(here) == sorted(there) and len(here) > 10
     for key, values in here.items():
         np.testing.assert_array_equal(there[key], values, err_msg=key)
+
+
+def test_a_rerun_keeps_complete_packs_and_redoes_one_a_kill_left_unfinished(planted, cli, dask_cluster, monkeypatch):
+    from relaylab.analyze import run as analyze_run
+
+    monkeypatch.setattr(analyze_run, "BATCH_SAMPLES", 200)  # tasks: n00000000 + n00000001 (a pack), n00000002 (a folder)
+    store, config, _ = planted
+    command = ["analyze", "-q", store, "--name", "spray", "--config", config, "--scheduler", dask_cluster.scheduler_address]
+    assert cli(*command).returncode == 0
+    folder = store / "analyses/spray"
+    assert sorted(p.name for p in folder.iterdir()) == ["_packs", "n00000002", "zarr.json"]
+    assert sorted(p.name for p in (folder / "_packs").iterdir()) == ["n00000000", "zarr.json"]
+    first = analysis_values(store, "spray")
+    assert sorted({key.split("/")[1] for key in first}) == ["n00000000", "n00000001", "n00000002"]
+    meta = zstore.group_metas(store)["analyses/spray/_packs/n00000000"]
+    assert meta["categories"] == ["n00000000", "n00000001"] and meta["members"] == [100, 100]
+    root = zarr.open_group(store, mode="r+")
+    root["analyses/spray"].attrs["relaylab"] = {**root["analyses/spray"].attrs["relaylab"], "status": "writing"}
+    (folder / "_packs/n00000000/zarr.json").unlink()  # as if killed while writing the pack: its record is written last
+    before = (folder / "n00000002/zarr.json").stat().st_mtime_ns
+    again = cli(*command)
+    assert again.returncode == 0, again.stderr
+    assert (folder / "n00000002/zarr.json").stat().st_mtime_ns == before  # complete: not redone
+    assert (folder / "_packs/n00000000/zarr.json").is_file()
+    resumed = analysis_values(store, "spray")
+    assert sorted(resumed) == sorted(first)
+    for key, values in first.items():
+        np.testing.assert_array_equal(resumed[key], values, err_msg=key)
 
 
 @settings(max_examples=60, deadline=None)

@@ -61,7 +61,7 @@ def test_a_killed_analyze_resumes_without_redoing_finished_categories(store_and_
     reference = tmp_path / "reference.zarr"
     shutil.copytree(store, reference)
     command = [sys.executable, "-m", "relaylab.cli", "analyze", "-q", str(store), "--name", "spray", "--config", str(config),
-               "--workers", "1"]
+               "--workers", "1", "--batch-samples", "1"]  # a task and a folder per category
     # its own session, so that the kill reaches the Dask workers it starts too
     run = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     try:

@@ -316,3 +316,35 @@ def test_tree_encoder_writes_what_xarray_writes(data):
         attrs = {"kind": "category", "status": "complete"}
         expected = zstore._with_xarray({node.relative_to(tree): zstore._node_dataset(node) for node in tree.subtree}, attrs)
         assert encoder.encode(tree, attrs) == expected
+
+
+def category_tree(n: int, k: int, clusterings: list[str], seed: int) -> xr.DataTree:
+    rng = np.random.default_rng(seed)
+    return xr.DataTree.from_dict({
+        "/": xr.Dataset(coords={"index": ("member", rng.integers(0, 10**6, n).astype(np.uint32))}),
+        "/embedding/spectral": xr.Dataset({"embedding": (("member", "component"), rng.random((n, k), dtype=np.float32))},
+                                          coords={"eigenvalue": ("component", rng.random(k, dtype=np.float32))}),
+        "/cluster": xr.Dataset({c: ("member", rng.integers(-1, 5, n), {"embedding": "spectral"}) for c in clusterings})})
+
+
+@settings(max_examples=25, deadline=None)
+@given(sizes=st.lists(st.integers(1, 60), min_size=2, max_size=6), k=st.sampled_from([1, 2, 8]),
+       clusterings=st.lists(st.sampled_from(["kmeans-02", "kmeans-03", "hdbscan"]), min_size=1, unique=True))
+def test_a_pack_unpacks_into_the_categories_it_was_made_of(sizes, k, clusterings):
+    trees = {f"c{i}": category_tree(n, k, clusterings, i) for i, n in enumerate(sizes)}
+    pack = zstore.pack_trees(trees)
+    assert pack["index"].size == sum(sizes) and pack["embedding/spectral"]["eigenvalue"].shape == (len(sizes), k)
+    unpacked = zstore.unpack_tree(pack, list(trees), sizes)
+    assert list(unpacked) == list(trees)
+    for name, tree in trees.items():
+        for node in tree.subtree:
+            got = unpacked[name][node.relative_to(tree)].to_dataset(inherit=False)
+            for var, values in node.to_dataset(inherit=False).variables.items():
+                assert got[var].dims == values.dims and got[var].attrs == values.attrs
+                np.testing.assert_array_equal(got[var].values, values.values)
+
+
+def test_trees_of_different_structures_are_not_packed():
+    assert zstore.pack_trees({"a": category_tree(5, 2, ["kmeans-02"], 0), "b": category_tree(5, 3, ["kmeans-02"], 1)}) is None
+    assert zstore.pack_trees({"a": category_tree(5, 2, ["kmeans-02"], 0), "b": category_tree(5, 2, ["hdbscan"], 1)}) is None
+    assert zstore.pack_trees({"a": category_tree(5, 2, ["kmeans-02"], 0), "b": category_tree(9, 2, ["kmeans-02"], 1)}) is not None

@@ -17,6 +17,16 @@ if TYPE_CHECKING:
     import numpy as np
 
 
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of samples, 1 or more, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of samples, 1 or more, got {text}")
+    return value
+
+
 def cmd_analyze(args: argparse.Namespace) -> int:
     from ..data import store as zstore
     from ..data.workstore import prepare_store
@@ -31,7 +41,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         check_analysis(args.project, config, label_map=args.label_map)  # before a conversion, not after it
     store = prepare_store(args.project, label_map=args.label_map, store=args.store, progress=not args.quiet)
     result = analyze(store, args.name, config, scheduler=args.scheduler, n_workers=args.workers,
-                     progress=not args.quiet)
+                     batch_samples=args.batch_samples, progress=not args.quiet)
     print(f"analyses/{args.name}: {len(result['done'])} categories in {store}")
     for category, reason in result["skipped"].items():
         print(f"skipped {category}: {reason}")
@@ -133,6 +143,8 @@ def add_commands(commands) -> None:
                          "(default: the config's, cpu); cuda needs CuPy (pip install 'relaylab[gpu]')")
     analyze.add_argument("--scheduler", metavar="ADDRESS", help="a Dask scheduler, e.g. tcp://host:8786 (default: a LocalCluster)")
     analyze.add_argument("--workers", type=int, help="LocalCluster workers (default: one per core)")
+    analyze.add_argument("--batch-samples", type=_at_least_one, metavar="N", help="categories are analysed several to a task, up to "
+                         "N samples, and written together (default 4000); 1: one task and one folder per category")
     analyze.add_argument("--export-virelay", type=Path, metavar="FILE.h5", help="also write ViRelAy's analysis HDF5 layout")
     analyze.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     analyze.set_defaults(run=cmd_analyze)

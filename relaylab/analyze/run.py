@@ -59,10 +59,10 @@ BATCH_SAMPLES = 4_000
 BATCH_BYTES = 256 * 2**20
 
 
-def batches(groups: dict[str, np.ndarray], sample_bytes: int = 0) -> list[dict[str, np.ndarray]]:
-    """The categories largest first, packed in that order into batches (a category larger than a batch forms one of
-    its own)."""
-    size = max(1, min(BATCH_SAMPLES, BATCH_BYTES // max(sample_bytes, 1)))
+def batches(groups: dict[str, np.ndarray], sample_bytes: int = 0, samples: int | None = None) -> list[dict[str, np.ndarray]]:
+    """The categories largest first, packed in that order into batches of at most `samples` (default BATCH_SAMPLES)
+    samples and BATCH_BYTES of heatmaps (a category larger than a batch forms one of its own)."""
+    size = max(1, min(samples or BATCH_SAMPLES, BATCH_BYTES // max(sample_bytes, 1)))
     out: list[dict[str, np.ndarray]] = []
     total = size
     for category in sorted(groups, key=lambda c: -len(groups[c])):
@@ -107,12 +107,11 @@ def read_rows(variable: xr.DataArray, rows: np.ndarray, budget: int = BATCH_BYTE
 
 
 def run_batch(writer: zstore.AnalysisWriter, attribution: str, batch: dict[str, np.ndarray], config: dict) -> list[str]:
-    """`analyse_batch` as one Dask task that commits each category itself; returns the categories committed."""
-    done = []
-    for category, tree in analyse_batch(str(writer.path), writer.group, attribution, batch, config):
-        writer.commit(category, tree)
-        done.append(category)
-    return done
+    """`analyse_batch` as one Dask task that commits its categories itself, as one pack (`AnalysisWriter.commit_pack`);
+    returns the categories committed."""
+    trees = dict(analyse_batch(str(writer.path), writer.group, attribution, batch, config))
+    writer.commit_pack(trees)
+    return list(trees)
 
 
 def minimum_members(config: dict) -> int:
@@ -150,7 +149,7 @@ def check_analysis(project_path: str | Path, config: dict, label_map: str | Path
 
 
 def analyze(project_path: str | Path, name: str, config: dict, *, scheduler: str | None = None,
-            n_workers: int | None = None, progress: bool = True) -> dict:
+            n_workers: int | None = None, batch_samples: int | None = None, progress: bool = True) -> dict:
     """Run and commit every unfinished category of the store `project_path`; returns {"done": [...], "skipped":
     {category: reason}}. (`workstore.prepare_store` gives the store of a project's own files.)"""
     project = open_project(project_path, dask=False)  # labels only: the workers read the heatmaps themselves
@@ -173,18 +172,20 @@ def analyze(project_path: str | Path, name: str, config: dict, *, scheduler: str
         todo = [c for c in writer.pending(groups) if c not in skipped]
         log.info("%s: %d categories to analyse, %d done before, %d skipped", name, len(todo), len(writer.done), len(skipped))
         if todo:
-            run_tasks(writer, attribution, {c: groups[c] for c in todo}, config, scheduler, n_workers, progress, sample_bytes)
+            run_tasks(writer, attribution, {c: groups[c] for c in todo}, config, scheduler, n_workers, progress, sample_bytes,
+                      batch_samples)
         writer.finish(skipped=skipped)
     return {"done": sorted(writer.done), "skipped": skipped}
 
 
 def run_tasks(writer: zstore.AnalysisWriter, attribution: str, groups: dict[str, np.ndarray], config: dict,
-              scheduler: str | None, n_workers: int | None, progress: bool, sample_bytes: int = 0) -> None:
+              scheduler: str | None, n_workers: int | None, progress: bool, sample_bytes: int = 0,
+              batch_samples: int | None = None) -> None:
     """Batches of categories (`batches`) as Dask tasks, largest first; the workers commit each category as it is
     done (the store is on a file system they share). Work that fits in one batch runs in this process, committed category by category, when neither a
     scheduler nor a number of workers is given: starting a LocalCluster would cost more than the work."""
     store = str(writer.path)
-    work = batches(groups, sample_bytes)
+    work = batches(groups, sample_bytes, batch_samples)
     with tqdm(total=len(groups), desc=writer.group, unit="category", disable=not progress) as bar:
         def committed(categories: list[str]) -> None:
             bar.set_postfix_str(categories[-1])

@@ -8,6 +8,8 @@ Layout (documented in schemas/README.md, checked by schemas/store.schema.json)::
       activations/<name>/<layer>/      activation (sample, ...)
       analyses/<name>/<category>/      index (member); embedding/<name>: embedding (member, component), eigenvalue;
                                        cluster: one (member,) variable per clustering
+      analyses/<name>/_packs/<first>/  small categories written together: the same nodes, members concatenated,
+                                       eigenvalues stacked along `category`; attrs: categories, members
       _progress/<group>                one bool per block already written (only while a group is being written)
 
 Image-like arrays are sharded: one sample (or ~256 KiB of small samples) per inner chunk, so the viewer reads one sample
@@ -632,6 +634,66 @@ def _from_template(template: dict, nodes: dict[str, xr.Dataset], limit: int) -> 
     return files
 
 
+def _write_files(folder: Path, files: dict[str, bytes], *, clear: bool = True) -> None:
+    """`files` (path in `folder` → bytes) written with the folder's own zarr.json, which says "complete", last."""
+    if clear:
+        shutil.rmtree(folder, ignore_errors=True)  # stale nodes of a killed write
+    made: set[Path] = set()
+    for key in sorted(files, key=lambda k: k == "zarr.json"):
+        target = folder / key
+        if target.parent not in made:  # each directory created once
+            target.parent.mkdir(parents=True, exist_ok=True)
+            made.add(target.parent)
+        target.write_bytes(files[key])
+
+
+PACKS = "_packs"  # analyses/<name>/_packs/<first category>/: small categories written together (AnalysisWriter.commit_pack)
+MEMBER, PACKED = "member", "category"
+
+
+def pack_trees(trees: Mapping[str, xr.DataTree]) -> xr.DataTree | None:
+    """Category trees of one structure as one tree: variables along `member` concatenated in the order of `trees`,
+    the others (eigenvalues) stacked along a new `category` dimension; None when the structures differ.
+    `unpack_tree` is the inverse (with the member counts and names the pack's metadata records)."""
+    nodes = [{node.relative_to(tree): node.to_dataset(inherit=False).reset_coords() for node in tree.subtree}
+             for tree in trees.values()]
+    first = nodes[0]
+    shape = {path: {name: (var.dims, var.dtype, var.attrs, {d: n for d, n in var.sizes.items() if d != MEMBER})
+                    for name, var in ds.variables.items()} for path, ds in first.items()}
+    if any({path: {name: (var.dims, var.dtype, var.attrs, {d: n for d, n in var.sizes.items() if d != MEMBER})
+                   for name, var in ds.variables.items()} for path, ds in other.items()} != shape
+           or any(other[path].attrs != first[path].attrs for path in first) for other in nodes[1:]):
+        return None
+    packed = {}
+    for path, ds in first.items():
+        variables = {}
+        for name, var in ds.variables.items():
+            if MEMBER in var.dims:
+                values = np.concatenate([n[path][name].values for n in nodes], axis=var.dims.index(MEMBER))
+                variables[name] = (var.dims, values, var.attrs)
+            else:
+                variables[name] = ((PACKED, *var.dims), np.stack([n[path][name].values for n in nodes]), var.attrs)
+        packed["/" if path == "." else f"/{path}"] = xr.Dataset(variables, attrs=ds.attrs)
+    return xr.DataTree.from_dict(packed)
+
+
+def unpack_tree(pack: xr.DataTree, categories: list[str], members: list[int]) -> dict[str, xr.DataTree]:
+    """The category trees of a pack, in memory (packs hold small categories only)."""
+    offsets = np.concatenate([[0], np.cumsum(members)])
+    nodes = {node.relative_to(pack): node.to_dataset(inherit=False).load() for node in pack.subtree}
+    out = {}
+    for i, category in enumerate(categories):
+        members_i = slice(int(offsets[i]), int(offsets[i + 1]))
+        tree = {}
+        for path, ds in nodes.items():
+            variables = {name: (var.dims[1:], var.values[i], var.attrs) if var.dims[:1] == (PACKED,)
+                         else (var.dims, var.isel({MEMBER: members_i}).values, var.attrs) for name, var in sorted(ds.variables.items())}
+            attrs = {k: v for k, v in ds.attrs.items() if not (path == "." and k == "relaylab")}  # the pack's own record
+            tree["/" if path == "." else f"/{path}"] = xr.Dataset(variables, attrs=attrs)
+        out[category] = xr.DataTree.from_dict(tree)
+    return out
+
+
 class AnalysisWriter:
     """An analysis written category by category, resumable: made by `begin_analysis`. The same verbs as
     `SampleGroupWriter`, with categories for blocks: `pending(categories)`, `commit(category, tree)`, `finish()`;
@@ -675,16 +737,28 @@ class AnalysisWriter:
         self.done.update(categories)
 
     def _commit(self, category: str, tree: xr.DataTree) -> None:
-        files = self.encoder.encode(tree, {"kind": "category", "status": "complete"})
-        folder = self.path / self.group / category
-        shutil.rmtree(folder, ignore_errors=True)  # stale nodes of a killed write
-        made: set[Path] = set()
-        for key in sorted(files, key=lambda k: k == "zarr.json"):  # the category's own metadata last
-            target = folder / key
-            if target.parent not in made:  # each directory created once
-                target.parent.mkdir(parents=True, exist_ok=True)
-                made.add(target.parent)
-            target.write_bytes(files[key])
+        _write_files(self.path / self.group / category, self.encoder.encode(tree, {"kind": "category", "status": "complete"}))
+
+    def commit_pack(self, trees: Mapping[str, xr.DataTree]) -> None:
+        """Write several categories as one pack (`pack_trees`), then mark them complete; one category, or trees of
+        different structures, are committed one by one instead. A category folder is ~40 files and folders, which
+        on a slow file system cost more than analysing a small category; a pack of any number of categories is as
+        many as one category's."""
+        categories = list(trees)
+        pack = pack_trees(trees) if len(trees) > 1 else None
+        if pack is None:
+            for category, tree in trees.items():
+                self.commit(category, tree)
+            return
+        with step(f"writing {self.group}/{PACKS}/{categories[0]} ({len(categories)} categories)", self.path):
+            packs = self.path / self.group / PACKS
+            if not (packs / "zarr.json").is_file():
+                _write_files(packs, {"zarr.json": json.dumps({"attributes": {}, "zarr_format": 3, "node_type": "group"}).encode()},
+                             clear=False)
+            meta = {"kind": "category-pack", "status": "complete", "categories": categories,
+                    "members": [int(trees[c]["index"].size) for c in categories]}
+            _write_files(packs / categories[0], self.encoder.encode(pack, meta))
+        self.record(categories)
 
     def finish(self, **attrs) -> None:
         """Every category is committed: status "complete", plus `attrs` (e.g. the categories skipped)."""
@@ -707,12 +781,27 @@ def begin_analysis(path: str | Path, name: str, attrs: dict | None = None, *, re
     if meta is None:
         root.create_group(group, overwrite=True, attributes={"relaylab": {"kind": "analysis", "status": "writing", **(attrs or {})}})
         return AnalysisWriter(path, name, set(), created=True)
+    for pack, pack_meta in pack_metas(root, group).items():  # a pack a kill interrupted is redone whole
+        if (pack_meta or {}).get("status") != "complete":
+            shutil.rmtree(path / group / PACKS / pack, ignore_errors=True)
     return AnalysisWriter(path, name, complete_categories(root, group))
 
 
 def complete_categories(root: zarr.Group, group: str) -> set[str]:
-    """The categories of the analysis `group` whose commit finished."""
-    return {c for c, _ in root[group].groups() if (group_meta(root, f"{group}/{c}") or {}).get("status") == "complete"}
+    """The categories of the analysis `group` whose commit finished: complete category folders, and the categories of
+    complete packs."""
+    done = {c for c, _ in root[group].groups() if c != PACKS and (group_meta(root, f"{group}/{c}") or {}).get("status") == "complete"}
+    for meta in pack_metas(root, group).values():
+        if meta.get("status") == "complete":
+            done.update(meta.get("categories", []))
+    return done
+
+
+def pack_metas(root: zarr.Group, group: str) -> dict[str, dict]:
+    """attributes.relaylab of each pack of the analysis `group` (None for one a kill left without it)."""
+    if PACKS not in root[group]:
+        return {}
+    return {name: group_meta(root, f"{group}/{PACKS}/{name}") for name, _ in root[group][PACKS].groups()}
 
 
 def write_analysis(path: str | Path, name: str, tree: xr.DataTree, *, attrs: dict | None = None, replace: bool = False,
@@ -734,9 +823,21 @@ def open_analysis(path: str | Path, name: str, *, chunks: dict | None = {}) -> x
     root = _root(path)
     require_complete(path, group, group_meta(root, group))
     tree = xr.open_datatree(str(path), engine="zarr", group=group, chunks=chunks, consolidated=False, zarr_format=3)
+    unpacked: set[str] = set()
+    if PACKS in tree.children:  # small categories written together: unpacked into one child each
+        packs = tree[PACKS]
+        children = {name: child for name, child in tree.children.items() if name != PACKS}
+        for pack in packs.children.values():
+            meta = pack.attrs.get("relaylab")
+            require_complete(path, f"{group}/{PACKS}/{pack.name}", meta)
+            children.update(unpack_tree(pack, meta["categories"], meta["members"]))
+            unpacked.update(meta["categories"])
+        attrs = dict(tree.attrs)
+        tree = xr.DataTree(dataset=tree.to_dataset(inherit=False), children=dict(sorted(children.items())))
+        tree.attrs = attrs
     for node in tree.subtree:
         meta = node.attrs.pop("relaylab", None)
-        if node is not tree and node.parent is tree:
+        if node is not tree and node.parent is tree and node.name not in unpacked:
             require_complete(path, f"{group}/{node.name}", meta)
         if "index" in node.data_vars:
             node.dataset = node.dataset.set_coords("index")
