@@ -107,16 +107,17 @@ def analyze_activations(store_path: str | Path, activation_set: str = "activatio
     settings = {"activation_set": activation_set, "method": method, "variance": float(variance),
                 "random_state": random_state, "max_features": int(max_features)}
     written = []
+    activations = zstore.open_tree(store, f"activations/{activation_set}")  # lazy: each layer reads its own arrays
     for layer in tqdm(layers, desc=f"activations/{activation_set}", unit="layer", disable=not progress):
         name = analysis_name(layer)
         settings_of_layer = {**settings, "layer": layer}
-        meta = zstore.group_metas(store).get(f"analyses/{name}")
+        meta = zstore.read_group_meta(store, f"analyses/{name}")  # not every group's: a store holds many
         if meta is not None and meta.get("status") == "complete" and all(meta.get(k) == v for k, v in settings_of_layer.items()):
             log.info("analyses/%s is complete, skipping", name)
             written.append(name)
             continue
         with step(f"embedding activations/{activation_set}/{layer}", store):
-            activation = zstore.open_tree(store, f"activations/{activation_set}")[layer]["activation"]
+            activation = activations[layer]["activation"]
             pooled, factor = downsample(activation, max_features)
             embeddings, attrs = embed_layer(np.asarray(pooled.values, dtype=np.float32), method, variance, random_state)
         attrs = {**attrs, "layer": layer, "activation_set": activation_set, "pool_factor": factor,

@@ -217,6 +217,11 @@ def progress_key(group: str) -> str:
     return f"{PROGRESS}/{group.strip('/').replace('/', '.')}"
 
 
+def read_group_meta(path: str | Path, group: str) -> dict | None:
+    """attributes.relaylab of one group of the store at `path` (None if it is not there); `group_metas` lists all."""
+    return group_meta(_root(path), group)
+
+
 def group_meta(root: zarr.Group, group: str) -> dict | None:
     if group not in root:
         return None
