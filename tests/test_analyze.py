@@ -299,3 +299,12 @@ def test_read_rows_returns_the_selected_rows_whichever_way_it_reads(data):
     variable = xr.DataArray(values, dims=(SAMPLE, "a", "b"))
     budget = data.draw(st.sampled_from([0, analyze_run.BATCH_BYTES]))  # 0: a scattered selection reads row by row
     np.testing.assert_array_equal(analyze_run.read_rows(variable, rows, budget), values[rows])
+
+
+def test_kmeans_starts_come_from_the_config():
+    """`n_init` chooses how many k-means++ starts each k-means keeps the best of; the default stays ten."""
+    config = load_config(None)
+    config["clusterings"] = {"kmeans": {"k": [3], "n_init": 1, "eigenvectors": 8}}
+    step = build_spray(config).clusterings["kmeans-03"]
+    assert step.named_steps["kmeans"].n_init == 1 and step.named_steps["select"].n == 8
+    assert build_spray(load_config(None)).clusterings["kmeans-02"].named_steps["kmeans"].n_init == 10

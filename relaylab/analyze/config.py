@@ -78,7 +78,7 @@ def _clusterings(spec: dict, rs, where: str) -> dict:
             ks = params.pop("k", [2])
             for k in [ks] if isinstance(ks, int) else ks:
                 if kind == "kmeans":
-                    out[f"kmeans-{k:02d}"] = kmeans(k, params.get("eigenvectors"), random_state=rs)
+                    out[f"kmeans-{k:02d}"] = kmeans(k, params.get("eigenvectors"), random_state=rs, n_init=params.get("n_init", 10))
                 else:
                     out[f"agglomerative-{k:02d}"] = Pipeline([("select", SelectEigenvectors(params.get("eigenvectors") or k)),
                                                               ("agglomerative", AgglomerativeClustering(k))])

@@ -46,10 +46,11 @@ class SelectEigenvectors(TransformerMixin, BaseEstimator):
         return X
 
 
-def kmeans(k: int, eigenvectors: int | None = None, random_state=0) -> Pipeline:
-    """k-means with k clusters on the first `eigenvectors` (default k) spectral coordinates."""
+def kmeans(k: int, eigenvectors: int | None = None, random_state=0, n_init: int = 10) -> Pipeline:
+    """k-means with k clusters on the first `eigenvectors` (default k) spectral coordinates, the best of `n_init`
+    k-means++ starts (scikit-learn's own default is one; CoRelAy uses that)."""
     return Pipeline([("select", SelectEigenvectors(eigenvectors or k)),
-                     ("kmeans", KMeans(n_clusters=k, n_init=10, random_state=random_state))])
+                     ("kmeans", KMeans(n_clusters=k, n_init=n_init, random_state=random_state))])
 
 
 class Subsampled(ClusterMixin, BaseEstimator):
