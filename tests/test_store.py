@@ -21,6 +21,8 @@ from relaylab.data.labels import label_map_from_entries
 from relaylab.data.project import open_project
 from relaylab.errors import IncompleteStoreError, RelaylabError
 
+from .helpers import make_store
+
 
 def assert_projects_equal(a, b):
     """Every value of two projects, compared in the canonical form."""
@@ -348,3 +350,23 @@ def test_trees_of_different_structures_are_not_packed():
     assert zstore.pack_trees({"a": category_tree(5, 2, ["kmeans-02"], 0), "b": category_tree(5, 3, ["kmeans-02"], 1)}) is None
     assert zstore.pack_trees({"a": category_tree(5, 2, ["kmeans-02"], 0), "b": category_tree(5, 2, ["hdbscan"], 1)}) is None
     assert zstore.pack_trees({"a": category_tree(5, 2, ["kmeans-02"], 0), "b": category_tree(9, 2, ["kmeans-02"], 1)}) is not None
+
+
+def test_write_analysis_packs_small_categories_and_reads_them_back(tmp_path):
+    """A ViRelAy analysis of many small categories converts into a few packs, not a folder each; their root
+    attributes (a display name) and values come back per category."""
+    path = make_store(tmp_path / "p.zarr", n=10)
+    trees = {f"c{i:02d}": category_tree(3 + i, 4, ["kmeans-02"], i) for i in range(12)}
+    for i, tree in enumerate(trees.values()):
+        tree.attrs["display_name"] = f"class {i}"
+    trees["big"] = category_tree(zstore.PACK_MEMBERS + 1, 4, ["kmeans-02"], 99)  # too big to share a pack
+    zstore.write_analysis(path, "spray", xr.DataTree(children=trees), progress=False)
+    folder = path / "analyses/spray"
+    assert sorted(p.name for p in folder.iterdir()) == ["_packs", "big", "zarr.json"]
+    back = zstore.open_analysis(path, "spray")
+    assert sorted(back.children) == sorted(trees)
+    for name, tree in trees.items():
+        assert back[name].attrs.get("display_name") == tree.attrs.get("display_name")
+        for node in tree.subtree:
+            for var, values in node.to_dataset(inherit=False).variables.items():
+                np.testing.assert_array_equal(back[name][node.relative_to(tree)][var].values, values.values)

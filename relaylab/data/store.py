@@ -653,12 +653,15 @@ def _write_files(folder: Path, files: dict[str, bytes], *, clear: bool = True) -
 
 
 PACKS = "_packs"  # analyses/<name>/_packs/<first category>/: small categories written together (AnalysisWriter.commit_pack)
+PACK_MEMBERS = 4_000  # members per pack that write_analysis makes (relaylab analyze packs one task's categories)
 MEMBER, PACKED = "member", "category"
+CATEGORY_ATTRS = "category_attrs"  # a pack's root attribute: each category's own root attributes
 
 
 def pack_trees(trees: Mapping[str, xr.DataTree]) -> xr.DataTree | None:
     """Category trees of one structure as one tree: variables along `member` concatenated in the order of `trees`,
-    the others (eigenvalues) stacked along a new `category` dimension; None when the structures differ.
+    the others (eigenvalues) stacked along a new `category` dimension, each category's root attributes listed in the
+    pack's (CATEGORY_ATTRS); None when the structures differ.
     `unpack_tree` is the inverse (with the member counts and names the pack's metadata records)."""
     nodes = [{node.relative_to(tree): node.to_dataset(inherit=False).reset_coords() for node in tree.subtree}
              for tree in trees.values()]
@@ -667,7 +670,7 @@ def pack_trees(trees: Mapping[str, xr.DataTree]) -> xr.DataTree | None:
                     for name, var in ds.variables.items()} for path, ds in first.items()}
     if any({path: {name: (var.dims, var.dtype, var.attrs, {d: n for d, n in var.sizes.items() if d != MEMBER})
                    for name, var in ds.variables.items()} for path, ds in other.items()} != shape
-           or any(other[path].attrs != first[path].attrs for path in first) for other in nodes[1:]):
+           or any(other[path].attrs != first[path].attrs for path in first if path != ".") for other in nodes[1:]):
         return None
     packed = {}
     for path, ds in first.items():
@@ -678,7 +681,9 @@ def pack_trees(trees: Mapping[str, xr.DataTree]) -> xr.DataTree | None:
                 variables[name] = (var.dims, values, var.attrs)
             else:
                 variables[name] = ((PACKED, *var.dims), np.stack([n[path][name].values for n in nodes]), var.attrs)
-        packed["/" if path == "." else f"/{path}"] = xr.Dataset(variables, attrs=ds.attrs)
+        attrs = ds.attrs if path != "." else {  # each category's own (e.g. its display name), in order
+            CATEGORY_ATTRS: [{k: v for k, v in n["."].attrs.items() if k != "source_file"} for n in nodes]}
+        packed["/" if path == "." else f"/{path}"] = xr.Dataset(variables, attrs=attrs)
     return xr.DataTree.from_dict(packed)
 
 
@@ -693,7 +698,7 @@ def unpack_tree(pack: xr.DataTree, categories: list[str], members: list[int]) ->
         for path, ds in nodes.items():
             variables = {name: (var.dims[1:], var.values[i], var.attrs) if var.dims[:1] == (PACKED,)
                          else (var.dims, var.isel({MEMBER: members_i}).values, var.attrs) for name, var in sorted(ds.variables.items())}
-            attrs = {k: v for k, v in ds.attrs.items() if not (path == "." and k == "relaylab")}  # the pack's own record
+            attrs = ds.attrs if path != "." else ds.attrs.get(CATEGORY_ATTRS, [{}] * len(categories))[i]
             tree["/" if path == "." else f"/{path}"] = xr.Dataset(variables, attrs=attrs)
         out[category] = xr.DataTree.from_dict(tree)
     return out
@@ -750,7 +755,7 @@ class AnalysisWriter:
         on a slow file system cost more than analysing a small category; a pack of any number of categories is as
         many as one category's."""
         categories = list(trees)
-        pack = pack_trees(trees) if len(trees) > 1 else None
+        pack = pack_trees(trees) if len(trees) > 1 and all("index" in t.variables for t in trees.values()) else None
         if pack is None:
             for category, tree in trees.items():
                 self.commit(category, tree)
@@ -811,14 +816,24 @@ def pack_metas(root: zarr.Group, group: str) -> dict[str, dict]:
 
 def write_analysis(path: str | Path, name: str, tree: xr.DataTree, *, attrs: dict | None = None, replace: bool = False,
                    progress: bool = True) -> None:
-    """Write an analysis category by category; finished categories are kept when a killed write is resumed."""
+    """Write an analysis, small categories together as packs of up to PACK_MEMBERS members (`commit_pack`), larger
+    ones in a folder each; finished categories and packs are kept when a killed write is resumed."""
     with begin_analysis(path, name, attrs, replace=replace) as writer:
         todo = writer.pending(tree.children)
-        # each node is ~10 small file operations, mostly waiting on the file system: categories are written side by side
+        groups: list[dict[str, xr.DataTree]] = []
+        total = PACK_MEMBERS
+        for category in todo:
+            members = tree[category]["index"].size if "index" in tree[category].variables else PACK_MEMBERS
+            if total + members > PACK_MEMBERS:
+                groups.append({})
+                total = 0
+            groups[-1][category] = tree[category]
+            total += members
+        # writing is mostly waiting on the file system: packs and folders are written side by side
         with ThreadPoolExecutor(max_workers=8) as pool, \
                 tqdm(total=len(todo), desc=f"analyses/{name}", unit="category", disable=not progress, leave=False) as bar:
-            for _ in pool.map(lambda category: writer.commit(category, tree[category]), todo):
-                bar.update()
+            for group in pool.map(lambda group: writer.commit_pack(group) or group, groups):
+                bar.update(len(group))
         writer.finish()
 
 
