@@ -359,6 +359,7 @@ def test_write_analysis_packs_small_categories_and_reads_them_back(tmp_path):
     trees = {f"c{i:02d}": category_tree(3 + i, 4, ["kmeans-02"], i) for i in range(12)}
     for i, tree in enumerate(trees.values()):
         tree.attrs["display_name"] = f"class {i}"
+    trees = {"a-empty": category_tree(0, 4, ["kmeans-02"], 50), **trees}  # a category with no members comes first
     trees["big"] = category_tree(zstore.PACK_MEMBERS + 1, 4, ["kmeans-02"], 99)  # too big to share a pack
     zstore.write_analysis(path, "spray", xr.DataTree(children=trees), progress=False)
     folder = path / "analyses/spray"

@@ -1,6 +1,7 @@
 """`relaylab analyze`: SpRAy over every category of a project, as Dask tasks of one or several categories (small
-ones are batched), each category committed to the project's Zarr store as it arrives, so a killed run re-run with
-the same command skips finished categories. Work that fits in one task runs in this process, without a cluster.
+ones are batched), each task's categories committed to the project's Zarr store together (`AnalysisWriter.commit_pack`)
+as the task ends, so a killed run re-run with the same command skips finished categories. Work that fits in one task
+runs in this process, without a cluster, committed category by category.
 
 Workers read their batch's attributions from the store themselves, so no large array passes through the scheduler.
 Categories too small for the configured neighbours and eigenvectors are skipped and listed in the analysis'
@@ -64,10 +65,10 @@ def batches(groups: dict[str, np.ndarray], sample_bytes: int = 0, samples: int |
     samples and BATCH_BYTES of heatmaps (a category larger than a batch forms one of its own)."""
     size = max(1, min(samples or BATCH_SAMPLES, BATCH_BYTES // max(sample_bytes, 1)))
     out: list[dict[str, np.ndarray]] = []
-    total = size
+    total = 0
     for category in sorted(groups, key=lambda c: -len(groups[c])):
         rows = groups[category]
-        if total + len(rows) > size:
+        if not out or total + len(rows) > size:
             out.append({})
             total = 0
         out[-1][category] = rows
@@ -181,9 +182,10 @@ def analyze(project_path: str | Path, name: str, config: dict, *, scheduler: str
 def run_tasks(writer: zstore.AnalysisWriter, attribution: str, groups: dict[str, np.ndarray], config: dict,
               scheduler: str | None, n_workers: int | None, progress: bool, sample_bytes: int = 0,
               batch_samples: int | None = None) -> None:
-    """Batches of categories (`batches`) as Dask tasks, largest first; the workers commit each category as it is
-    done (the store is on a file system they share). Work that fits in one batch runs in this process, committed category by category, when neither a
-    scheduler nor a number of workers is given: starting a LocalCluster would cost more than the work."""
+    """Batches of categories (`batches`) as Dask tasks, largest first; each worker commits its batch as one pack
+    (the store is on a file system the workers share). Work that fits in one batch runs in this process, committed
+    category by category, when neither a scheduler nor a number of workers is given: starting a LocalCluster would
+    cost more than the work."""
     store = str(writer.path)
     work = batches(groups, sample_bytes, batch_samples)
     with tqdm(total=len(groups), desc=writer.group, unit="category", disable=not progress) as bar:

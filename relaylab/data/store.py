@@ -821,10 +821,10 @@ def write_analysis(path: str | Path, name: str, tree: xr.DataTree, *, attrs: dic
     with begin_analysis(path, name, attrs, replace=replace) as writer:
         todo = writer.pending(tree.children)
         groups: list[dict[str, xr.DataTree]] = []
-        total = PACK_MEMBERS
+        total = 0
         for category in todo:
             members = tree[category]["index"].size if "index" in tree[category].variables else PACK_MEMBERS
-            if total + members > PACK_MEMBERS:
+            if not groups or total + members > PACK_MEMBERS:
                 groups.append({})
                 total = 0
             groups[-1][category] = tree[category]
