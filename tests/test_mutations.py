@@ -490,7 +490,15 @@ FIXED = [  # (base, file glob, change, where the error must point: path inside t
     ("chw-split", "*analysis-0-0.h5", corrupt_signature(b"TREE"), "/"),
     ("grey-odd", "*data set.h5", corrupt_first_chunk("data"), "/data"),
     ("chw-split", "*data set.h5", lambda file: h5_attr(file, "data", "value_range", ["a", "b"]), "/data@value_range"),
+    ("hwc-groups", "*attribution-0.h5", lambda file: flip_byte(file, 1440, 128), "/attribution"),
 ]
+
+
+def flip_byte(file: Path, position: int, mask: int) -> None:
+    """The fuzzer's example: one bit of a per-sample group's link name, which h5py then lists as bytes, not text."""
+    raw = bytearray(file.read_bytes())
+    raw[position] ^= mask
+    file.write_bytes(bytes(raw))
 
 
 def h5_attr(file: Path, name: str, key: str, value) -> None:
@@ -502,7 +510,7 @@ def h5_attr(file: Path, name: str, key: str, value) -> None:
 @pytest.mark.parametrize("base, pattern, change, path", FIXED, ids=[
     "scalar label", "one-column n-hot labels beside 2-class predictions", "scalar prediction", "string predictions",
     "cluster group as an array", "index as a group", "damaged name heap", "damaged group B-tree", "damaged chunk",
-    "value_range of strings"])
+    "value_range of strings", "a member name that is not UTF-8"])
 def test_what_the_fuzzer_found_is_reported_with_file_and_path(bases, tmp_path, base, pattern, change, path):
     """Each was a raw IndexError, ValueError, AttributeError or h5py error (or a validate that said ok, for the
     damaged chunk); now validate reports it, opening or converting raises a RelaylabError naming the file and the

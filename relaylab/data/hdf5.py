@@ -183,9 +183,14 @@ class H5Array(BackendArray):
 
 def sorted_members(group: h5py.Group, file: str) -> list[str]:
     try:
-        keys = sorted(group.keys())
+        keys = list(group.keys())
     except (RuntimeError, KeyError, OSError) as error:  # a damaged group: its links cannot be listed
         raise RelaylabError.at(file, group.name, "a readable group of per-sample arrays", str(error)) from None
+    undecodable = [key for key in keys if not isinstance(key, str)]  # h5py gives bytes for a name that is not UTF-8
+    if undecodable:
+        raise RelaylabError.at(file, group.name, "per-sample arrays named in UTF-8 text",
+                               f"a member named {undecodable[0]!r} (a damaged name?)")
+    keys = sorted(keys)
     if not keys:
         raise RelaylabError.at(file, group.name, "a non-empty group of per-sample arrays", "an empty group")
     return keys

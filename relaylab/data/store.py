@@ -663,14 +663,21 @@ def pack_trees(trees: Mapping[str, xr.DataTree]) -> xr.DataTree | None:
     the others (eigenvalues) stacked along a new `category` dimension, each category's root attributes listed in the
     pack's (CATEGORY_ATTRS); None when the structures differ.
     `unpack_tree` is the inverse (with the member counts and names the pack's metadata records)."""
+    from xarray.backends.zarr import encode_zarr_attr_value  # what xarray itself stores attributes as
+
     nodes = [{node.relative_to(tree): node.to_dataset(inherit=False).reset_coords() for node in tree.subtree}
              for tree in trees.values()]
     first = nodes[0]
-    shape = {path: {name: (var.dims, var.dtype, var.attrs, {d: n for d, n in var.sizes.items() if d != MEMBER})
-                    for name, var in ds.variables.items()} for path, ds in first.items()}
-    if any({path: {name: (var.dims, var.dtype, var.attrs, {d: n for d, n in var.sizes.items() if d != MEMBER})
-                   for name, var in ds.variables.items()} for path, ds in other.items()} != shape
-           or any(other[path].attrs != first[path].attrs for path in first if path != ".") for other in nodes[1:]):
+
+    def structure(node_datasets: dict[str, xr.Dataset]) -> str:  # attributes may hold arrays: compared as JSON
+        return json.dumps({path: [{k: encode_zarr_attr_value(v) for k, v in ds.attrs.items()} if path != "." else None,
+                                  {name: (var.dims, var.dtype.str, {k: encode_zarr_attr_value(v) for k, v in var.attrs.items()},
+                                          {d: n for d, n in var.sizes.items() if d != MEMBER})
+                                   for name, var in sorted(ds.variables.items())}]
+                           for path, ds in sorted(node_datasets.items())}, sort_keys=True, default=str)
+
+    shape = structure(first)
+    if any(structure(other) != shape for other in nodes[1:]):
         return None
     packed = {}
     for path, ds in first.items():
@@ -681,8 +688,8 @@ def pack_trees(trees: Mapping[str, xr.DataTree]) -> xr.DataTree | None:
                 variables[name] = (var.dims, values, var.attrs)
             else:
                 variables[name] = ((PACKED, *var.dims), np.stack([n[path][name].values for n in nodes]), var.attrs)
-        attrs = ds.attrs if path != "." else {  # each category's own (e.g. its display name), in order
-            CATEGORY_ATTRS: [{k: v for k, v in n["."].attrs.items() if k != "source_file"} for n in nodes]}
+        attrs = ds.attrs if path != "." else {  # each category's own (e.g. its display name), in order, as JSON values
+            CATEGORY_ATTRS: [{k: encode_zarr_attr_value(v) for k, v in n["."].attrs.items() if k != "source_file"} for n in nodes]}
         packed["/" if path == "." else f"/{path}"] = xr.Dataset(variables, attrs=attrs)
     return xr.DataTree.from_dict(packed)
 
