@@ -713,9 +713,9 @@ def unpack_tree(pack: xr.DataTree, categories: list[str], members: list[int]) ->
 
 class AnalysisWriter:
     """An analysis written category by category, resumable: made by `begin_analysis`. The same verbs as
-    `SampleGroupWriter`, with categories for blocks: `pending(categories)`, `commit(category, tree)`, `finish()`;
-    as a context manager, an analysis this writer `created` is removed if the `with` body fails before any category
-    was committed."""
+    `SampleGroupWriter`, with categories for blocks: `pending(categories)`, `commit(category, tree)` (or
+    `commit_pack(trees)` for several small ones), `finish()`; as a context manager, an analysis this writer `created`
+    is removed if the `with` body fails before any category was committed."""
 
     def __init__(self, path: Path, name: str, done: set[str], created: bool = False):
         self.path, self.name, self.group, self.done = path, name, f"analyses/{name}", done
