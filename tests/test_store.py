@@ -371,3 +371,17 @@ def test_write_analysis_packs_small_categories_and_reads_them_back(tmp_path):
         for node in tree.subtree:
             for var, values in node.to_dataset(inherit=False).variables.items():
                 np.testing.assert_array_equal(back[name][node.relative_to(tree)][var].values, values.values)
+
+
+def test_tree_encoder_tells_apart_attributes_whose_repr_is_cut_short():
+    """Array attributes are compared in full: two trees whose long attribute arrays differ only in the middle (where
+    NumPy's repr prints "...") do not share a template, so each keeps its own attribute."""
+    encoder, attrs = zstore.TreeEncoder(), {"kind": "category", "status": "complete"}
+    for changed in (None, 1000):
+        marks = np.arange(2000)
+        if changed is not None:
+            marks[changed] = -1
+        tree = category_tree(5, 2, ["kmeans-02"], 0)
+        tree["cluster"]["kmeans-02"].attrs["marks"] = marks
+        expected = zstore._with_xarray({node.relative_to(tree): zstore._node_dataset(node) for node in tree.subtree}, attrs)
+        assert encoder.encode(tree, attrs) == expected

@@ -21,9 +21,9 @@ def _at_least_one(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number of samples, 1 or more, got {text!r}") from None
+        value = 0
     if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of samples, 1 or more, got {text}")
+        raise argparse.ArgumentTypeError(f"expected a whole number of samples, 1 or more, got {text!r}")
     return value
 
 

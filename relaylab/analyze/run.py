@@ -56,7 +56,7 @@ def categories(attributions: xr.Dataset, grouping: str, label_map: xr.Dataset) -
 
 # Small categories go several to a task, so the fixed costs of a task (scheduling, opening the store, sending the
 # results back) are paid per batch, not per category: at most BATCH_SAMPLES samples and BATCH_BYTES of heatmaps.
-BATCH_SAMPLES = 4_000
+BATCH_SAMPLES = zstore.PACK_MEMBERS  # a task's categories are written as one pack
 BATCH_BYTES = 256 * 2**20
 
 
@@ -64,16 +64,8 @@ def batches(groups: dict[str, np.ndarray], sample_bytes: int = 0, samples: int |
     """The categories largest first, packed in that order into batches of at most `samples` (default BATCH_SAMPLES)
     samples and BATCH_BYTES of heatmaps (a category larger than a batch forms one of its own)."""
     size = max(1, min(samples or BATCH_SAMPLES, BATCH_BYTES // max(sample_bytes, 1)))
-    out: list[dict[str, np.ndarray]] = []
-    total = 0
-    for category in sorted(groups, key=lambda c: -len(groups[c])):
-        rows = groups[category]
-        if not out or total + len(rows) > size:
-            out.append({})
-            total = 0
-        out[-1][category] = rows
-        total += len(rows)
-    return out
+    largest_first = {c: len(groups[c]) for c in sorted(groups, key=lambda c: -len(groups[c]))}
+    return [{c: groups[c] for c in names} for names in zstore.in_groups(largest_first, size)]
 
 
 def analyse_batch(store: str, group: str, attribution: str, batch: dict[str, np.ndarray], config: dict) -> Iterator[tuple[str, xr.DataTree]]:

@@ -588,10 +588,19 @@ def _node_dataset(node: xr.DataTree) -> xr.Dataset:
     return ds
 
 
+def _json_attrs(attrs: Mapping) -> dict:
+    """Attributes as xarray stores them in Zarr (arrays as lists): comparable in full, unlike their repr."""
+    from xarray.backends.zarr import encode_zarr_attr_value
+
+    return {k: encode_zarr_attr_value(v) for k, v in attrs.items()}
+
+
 def _structure(nodes: dict[str, xr.Dataset], relaylab_attrs: dict | None) -> str:
     """Everything but the values and sizes: two trees with the same structure get the same metadata from xarray."""
-    return json.dumps([relaylab_attrs, [(path, ds.attrs, sorted(ds.coords), [(name, var.dtype.str, var.dims, var.attrs, var.encoding.get("dtype"))
-                       for name, var in sorted(ds.variables.items())]) for path, ds in nodes.items()]], sort_keys=True, default=str)
+    return json.dumps([relaylab_attrs, [(path, _json_attrs(ds.attrs), sorted(ds.coords),
+                                         [(name, var.dtype.str, var.dims, _json_attrs(var.attrs), var.encoding.get("dtype"))
+                                          for name, var in sorted(ds.variables.items())]) for path, ds in nodes.items()]],
+                      sort_keys=True, default=str)
 
 
 def _with_xarray(nodes: dict[str, xr.Dataset], relaylab_attrs: dict | None) -> dict[str, bytes]:
@@ -658,21 +667,32 @@ MEMBER, PACKED = "member", "category"
 CATEGORY_ATTRS = "category_attrs"  # a pack's root attribute: each category's own root attributes
 
 
+def in_groups(sizes: Mapping[str, int], limit: int) -> list[list[str]]:
+    """The names of `sizes` in their order, cut into consecutive groups whose sizes add up to at most `limit` (a name
+    larger than `limit` forms a group of its own)."""
+    groups: list[list[str]] = []
+    total = 0
+    for name, size in sizes.items():
+        if not groups or total + size > limit:
+            groups.append([])
+            total = 0
+        groups[-1].append(name)
+        total += size
+    return groups
+
+
 def pack_trees(trees: Mapping[str, xr.DataTree]) -> xr.DataTree | None:
     """Category trees of one structure as one tree: variables along `member` concatenated in the order of `trees`,
     the others (eigenvalues) stacked along a new `category` dimension, each category's root attributes listed in the
     pack's (CATEGORY_ATTRS); None when the structures differ.
     `unpack_tree` is the inverse (with the member counts and names the pack's metadata records)."""
-    from xarray.backends.zarr import encode_zarr_attr_value  # what xarray itself stores attributes as
-
     nodes = [{node.relative_to(tree): node.to_dataset(inherit=False).reset_coords() for node in tree.subtree}
              for tree in trees.values()]
     first = nodes[0]
 
-    def structure(node_datasets: dict[str, xr.Dataset]) -> str:  # attributes may hold arrays: compared as JSON
-        return json.dumps({path: [{k: encode_zarr_attr_value(v) for k, v in ds.attrs.items()} if path != "." else None,
-                                  {name: (var.dims, var.dtype.str, {k: encode_zarr_attr_value(v) for k, v in var.attrs.items()},
-                                          {d: n for d, n in var.sizes.items() if d != MEMBER})
+    def structure(node_datasets: dict[str, xr.Dataset]) -> str:  # the root's attributes are each category's own
+        return json.dumps({path: [_json_attrs(ds.attrs) if path != "." else None,
+                                  {name: (var.dims, var.dtype.str, _json_attrs(var.attrs), {d: n for d, n in var.sizes.items() if d != MEMBER})
                                    for name, var in sorted(ds.variables.items())}]
                            for path, ds in sorted(node_datasets.items())}, sort_keys=True, default=str)
 
@@ -689,7 +709,7 @@ def pack_trees(trees: Mapping[str, xr.DataTree]) -> xr.DataTree | None:
             else:
                 variables[name] = ((PACKED, *var.dims), np.stack([n[path][name].values for n in nodes]), var.attrs)
         attrs = ds.attrs if path != "." else {  # each category's own (e.g. its display name), in order, as JSON values
-            CATEGORY_ATTRS: [{k: encode_zarr_attr_value(v) for k, v in n["."].attrs.items() if k != "source_file"} for n in nodes]}
+            CATEGORY_ATTRS: [_json_attrs({k: v for k, v in n["."].attrs.items() if k != "source_file"}) for n in nodes]}
         packed["/" if path == "." else f"/{path}"] = xr.Dataset(variables, attrs=attrs)
     return xr.DataTree.from_dict(packed)
 
@@ -809,7 +829,7 @@ def complete_categories(root: zarr.Group, group: str) -> set[str]:
     complete packs."""
     done = {c for c, _ in root[group].groups() if c != PACKS and (group_meta(root, f"{group}/{c}") or {}).get("status") == "complete"}
     for meta in pack_metas(root, group).values():
-        if meta.get("status") == "complete":
+        if (meta or {}).get("status") == "complete":
             done.update(meta.get("categories", []))
     return done
 
@@ -827,15 +847,8 @@ def write_analysis(path: str | Path, name: str, tree: xr.DataTree, *, attrs: dic
     ones in a folder each; finished categories and packs are kept when a killed write is resumed."""
     with begin_analysis(path, name, attrs, replace=replace) as writer:
         todo = writer.pending(tree.children)
-        groups: list[dict[str, xr.DataTree]] = []
-        total = 0
-        for category in todo:
-            members = tree[category]["index"].size if "index" in tree[category].variables else PACK_MEMBERS
-            if not groups or total + members > PACK_MEMBERS:
-                groups.append({})
-                total = 0
-            groups[-1][category] = tree[category]
-            total += members
+        members = {c: tree[c]["index"].size if "index" in tree[c].variables else PACK_MEMBERS for c in todo}
+        groups = [{c: tree[c] for c in names} for names in in_groups(members, PACK_MEMBERS)]
         # writing is mostly waiting on the file system: packs and folders are written side by side
         with ThreadPoolExecutor(max_workers=8) as pool, \
                 tqdm(total=len(todo), desc=f"analyses/{name}", unit="category", disable=not progress, leave=False) as bar:
@@ -853,15 +866,13 @@ def open_analysis(path: str | Path, name: str, *, chunks: dict | None = {}) -> x
     unpacked: set[str] = set()
     if PACKS in tree.children:  # small categories written together: unpacked into one child each
         packs = tree[PACKS]
-        children = {name: child for name, child in tree.children.items() if name != PACKS}
+        children = {category: child for category, child in tree.children.items() if category != PACKS}
         for pack in packs.children.values():
             meta = pack.attrs.get("relaylab")
             require_complete(path, f"{group}/{PACKS}/{pack.name}", meta)
             children.update(unpack_tree(pack, meta["categories"], meta["members"]))
             unpacked.update(meta["categories"])
-        attrs = dict(tree.attrs)
         tree = xr.DataTree(dataset=tree.to_dataset(inherit=False), children=dict(sorted(children.items())))
-        tree.attrs = attrs
     for node in tree.subtree:
         meta = node.attrs.pop("relaylab", None)
         if node is not tree and node.parent is tree and node.name not in unpacked:
