@@ -15,9 +15,9 @@ from relaylab.data import store as zstore
 from relaylab.data.labels import label_map_from_entries
 from relaylab.data.project import open_project
 from relaylab.errors import RelaylabError
-from relaylab.explain import models
-from relaylab.explain.cam import cam
-from relaylab.explain.live import SCORE_BINS, SampleExplainer
+from relaylab.explain import jobs, models
+from relaylab.explain.cam import METHODS, cam
+from relaylab.explain.live import LRP_COMPOSITES, SCORE_BINS, SampleExplainer
 
 N_SAMPLES, N_CLASSES = 12, 3
 NAMES = ["ant", "bee", "cat"]
@@ -88,7 +88,7 @@ def test_layers_and_cam_layers(explainer):
     assert explainer.cam_layers == [f"features.{i}" for i in range(7)]  # spatial outputs, input → output
 
 
-@pytest.mark.parametrize("method", ["gradcam", "layercam"])
+@pytest.mark.parametrize("method", METHODS)
 def test_live_cam_equals_cam_on_the_preprocessed_input(explainer, store, method):
     model, x = reference(store, 7)
     nonzero = 0
@@ -122,6 +122,49 @@ def test_lrp_with_input_bounds(explainer):
     """epsilon_gamma_box's input rule needs the lowest and highest model input: the value range, preprocessed."""
     box = explainer.lrp(3, 1, "epsilon_gamma_box")
     assert box.shape == (1, 16, 16) and box.any() and not np.allclose(box, explainer.lrp(3, 1))
+
+
+def test_focus_layercam_is_its_own_map(explainer):
+    """Before the BatchNorm, ReLU and max pool the gradient's sign varies within a channel, so Focus LayerCAM leaves out
+    channels that LayerCAM counts; after the last conv (→ ReLU → global pool) each channel's gradient has one sign."""
+    maps = {method: explainer.cam(7, 2, "features.0", method) for method in METHODS}
+    assert maps["focus_layercam"].any()
+    assert not np.allclose(maps["focus_layercam"], maps["layercam"]) and not np.allclose(maps["focus_layercam"], maps["gradcam"])
+    np.testing.assert_array_equal(explainer.cam(7, 2, "features.4", "focus_layercam"), explainer.cam(7, 2, "features.4", "layercam"))
+
+
+def stored(store, name: str, label: int, **options) -> np.ndarray:
+    """attribution (sample, channel, y, x) as `relaylab attribute` writes it for every sample with target `label`."""
+    jobs.attribute(store, name=name, target=label, progress=False, **options)
+    with open_project(store) as project:
+        return project.attributions[name]["attribution"].values
+
+
+def test_guided_backprop_is_what_attribute_stores(explainer, store):
+    expected = stored(store, "guided_backprop", 2, method="guided_backprop")
+    got = explainer.guided_backprop(7, 2)
+    assert got.shape == (1, 16, 16) and got.dtype == np.float32 and got.any()
+    np.testing.assert_allclose(got, expected[7], rtol=1e-5, atol=1e-6 * np.abs(expected[7]).max())
+    assert not np.allclose(got, expected[6])  # the sample matters
+    assert not np.allclose(got, explainer.guided_backprop(7, 0))  # and so does the label
+
+
+@pytest.mark.parametrize("layer", ["features.0", "features.4"])
+def test_guided_gradcam_is_what_attribute_stores(explainer, store, layer):
+    expected = stored(store, f"guided_gradcam_{layer}", 1, method="guided_gradcam", layer=layer)[:, 0]
+    got = explainer.guided_gradcam(7, 1, layer)
+    assert got.shape == (16, 16) and got.dtype == np.float32 and got.any()
+    np.testing.assert_allclose(got, expected[7], rtol=1e-5, atol=1e-6 * np.abs(expected[7]).max())
+    np.testing.assert_allclose(got, explainer.guided_backprop(7, 1).sum(0) * explainer.cam(7, 1, layer), rtol=1e-6)
+    assert not np.allclose(got, explainer.guided_gradcam(7, 1, "features.2" if layer == "features.0" else "features.0"))
+
+
+def test_lrp_composites_are_the_epsilon_ones(explainer):
+    assert LRP_COMPOSITES == ("epsilon_plus", "epsilon_plus_flat", "epsilon_alpha2_beta1", "epsilon_alpha2_beta1_flat", "epsilon_gamma_box")
+    for method in ("guided_backprop", "excitation_backprop"):  # composites too, but not LRP
+        with pytest.raises(RelaylabError, match="an LRP composite: epsilon_plus, "):
+            explainer.lrp(0, 0, method)
+    assert explainer.lrp(0, 0, "epsilon_alpha2_beta1_flat").any()
 
 
 def test_predictions_are_the_models_softmax(explainer, store):
@@ -176,6 +219,13 @@ def test_one_pass_serves_every_depth_and_results_are_cached(explainer):
         pair = explainer.layer_activations(9, "features.2")
         assert explainer.layer_activations(9, "features.2")[0] is pair[0]
         assert explainer.cam(9, 1, "features.4") is not first and len(calls) == 3  # another label: a new pass
+        guided = explainer.guided_gradcam(9, 1, "features.4")  # Grad-CAM cached; guided backprop needs one pass
+        assert len(calls) == 4 and not guided.flags.writeable
+        backprop = explainer.guided_backprop(9, 1)
+        assert not backprop.flags.writeable and explainer.guided_backprop(9, 1) is backprop
+        assert explainer.guided_gradcam(9, 1, "features.4") is guided
+        explainer.guided_gradcam(9, 1, "features.1")  # another depth: both halves cached
+        assert len(calls) == 4
     finally:
         handle.remove()
 
@@ -192,6 +242,12 @@ def test_one_pass_serves_every_depth_and_results_are_cached(explainer):
     (lambda e: e.layer_activations(0, "nope"), "recorded layer"),
     (lambda e: e.cam(0, 0, "features.0", "scorecam"), "gradcam"),
     (lambda e: e.lrp(0, 0, "lrp_magic"), "epsilon_plus_flat"),
+    (lambda e: e.guided_backprop(12, 0), "sample index"),
+    (lambda e: e.guided_backprop(0, 3), "class index"),
+    (lambda e: e.guided_gradcam(0, -1, "features.0"), "class index"),
+    (lambda e: e.guided_gradcam(0, 0, "classifier.1"), "spatial output"),
+    (lambda e: e.guided_gradcam(0, 0, "features.9"), "spatial output"),
+    (lambda e: e.guided_gradcam("0", 0, "features.0"), "sample index"),
     (lambda e: e.predictions(0, top=0), "positive"),
 ])
 def test_bad_requests(explainer, call, message):

@@ -108,7 +108,13 @@ class Explainer:
             return maps[:, None], logits
         with torch.enable_grad(), self.attributor:
             _, guided = self.attributor(x, self.seed_fn(targets))
-        return (guided.detach().sum(1) * maps)[:, None], logits
+        return guided_gradcam(guided.detach(), maps), logits
+
+
+def guided_gradcam(guided, gradcam):
+    """Guided Grad-CAM (N, 1, H, W): guided backprop (N, C, H, W) summed over channels × Grad-CAM (N, H, W) at the
+    input size. Torch tensors or NumPy arrays, so the live explainer combines its cached halves the same way."""
+    return (guided.sum(1) * gradcam)[:, None]
 
 
 def resolve_targets(targets, n: int, n_classes: int, device: torch.device) -> Tensor | None:

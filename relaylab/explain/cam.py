@@ -1,10 +1,12 @@
-"""Grad-CAM and LayerCAM at any named layer of a torch model.
+"""Grad-CAM, LayerCAM and Focus LayerCAM at any named layer of a torch model.
 
-Both read a layer's output A (N, K, h, w) and the gradient of each sample's selected logit y_c with respect to it:
+All read a layer's output A (N, K, h, w) and the gradient of each sample's selected logit y_c with respect to it:
 
 * Grad-CAM (Selvaraju et al. 2017): ReLU(sum_k mean_ij(dy_c/dA_k) * A_k) -- one weight per channel.
 * LayerCAM (Jiang et al. 2021): ReLU(sum_k ReLU(dy_c/dA_k) ⊙ A_k) -- one weight per position, so it stays
   meaningful at early, high-resolution layers where Grad-CAM's channel averages wash out.
+* Focus LayerCAM (relaylab's own definition): LayerCAM over only the channels that support the class as a whole, those
+  with a positive Grad-CAM weight: ReLU(sum_{k: mean_ij(dy_c/dA_k) > 0} ReLU(dy_c/dA_k) ⊙ A_k).
 
 Maps are upsampled bilinearly to the input size and left unnormalised (raw values), so they can be compared with a
 hand-written formula and with each other across layers; normalising is the viewer's job.
@@ -25,7 +27,7 @@ from ..errors import RelaylabError
 
 log = logging.getLogger(__name__)
 
-METHODS = ("gradcam", "layercam")
+METHODS = ("gradcam", "layercam", "focus_layercam")
 
 
 def resolve_layers(model: nn.Module, layers: Iterable[str]) -> dict[str, nn.Module]:
@@ -78,11 +80,15 @@ def capture(model: nn.Module, layers: Iterable[str]) -> Iterator[dict[str, Tenso
 
 
 def cam_map(activation: Tensor, gradient: Tensor, method: str) -> Tensor:
-    """One method's map (N, h, w) at the layer's own resolution."""
+    """One method's map (N, h, w) at the layer's own resolution (the formulas of the module docstring)."""
+    check_method(method)
+    channel_weights = gradient.mean(dim=(2, 3), keepdim=True)  # Grad-CAM's, per sample and channel
     if method == "gradcam":
-        weighted = gradient.mean(dim=(2, 3), keepdim=True) * activation
+        weighted = channel_weights * activation
     else:
         weighted = gradient.clamp(min=0) * activation
+        if method == "focus_layercam":
+            weighted = weighted * (channel_weights > 0)
     return weighted.sum(dim=1).clamp(min=0)
 
 
@@ -135,7 +141,7 @@ def cams(model: nn.Module, x: Tensor, targets: Tensor, layers: list[str], method
 
 
 def cam(model: nn.Module, x: Tensor, targets: Tensor, layer: str, method: str = "gradcam") -> tuple[Tensor, Tensor]:
-    """Grad-CAM or LayerCAM of each sample's target class at `layer`: (maps (N, H, W) float32, logits (N, K))."""
+    """One CAM method's map of each sample's target class at `layer`: (maps (N, H, W) float32, logits (N, K))."""
     check_method(method)
     result = cams(model, x, targets, [layer], [method])
     return result.maps[layer, method], result.logits

@@ -175,7 +175,7 @@ def add_commands(commands) -> None:
     attribute.add_argument("--method", default="epsilon_plus_flat", metavar="METHOD", help="see above (default: epsilon_plus_flat)")
     attribute.add_argument("--target", type=target_arg, default="predicted_label",
                            help="which class to explain: predicted_label (default), true_label, or a class index")
-    attribute.add_argument("--layer", help="the layer of gradcam, layercam and guided_gradcam (`relaylab layers` lists them)")
+    attribute.add_argument("--layer", help="the layer of gradcam, layercam, focus_layercam and guided_gradcam (`relaylab layers` lists them)")
     attribute.add_argument("--batch-size", type=int, default=64, help="samples per forward/backward pass (default: 64)")
     attribute.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     attribute.add_argument("--scheduler", metavar="ADDRESS", help="a Dask scheduler, e.g. tcp://host:8786 (default: this process)")

@@ -1,9 +1,10 @@
 """`SampleExplainer`: explanations of one sample, computed on demand for the explorer and cached.
 
 A click on a sample in the explorer asks for a CAM at some depth, an LRP heatmap, the top-10 predictions and the
-selected layer's activations. One forward and one backward pass yield the CAMs of every CAM layer with both methods,
+selected layer's activations. One forward and one backward pass yield the CAMs of every CAM layer with every CAM method,
 the logits and every recorded layer's activations, so moving the depth slider or picking another layer after the first
-click is a cache hit; LRP needs its own pass (zennit rewrites the backward pass of every layer).
+click is a cache hit; LRP and guided backprop need a pass each (zennit rewrites the backward pass of every layer), and
+Guided Grad-CAM at any layer is the product of two cached results.
 
 Channel score ("entropy × magnitude", as in the sample-analysis page of Grad-CAM/LayerCAM dashboards): for a channel's activations a (h × w values),
 
@@ -28,16 +29,18 @@ from ..data.dims import CLASS
 from ..data.project import Project
 from ..errors import RelaylabError
 from . import models
-from .attribution import Explainer
+from .attribution import Explainer, guided_gradcam
 from .methods import METHODS as ATTRIBUTION_METHODS
 from .cam import METHODS, cams, check_method
 
 log = logging.getLogger(__name__)
 
 SCORE_BINS = 10  # equal-width bins per flattened channel
-CAM_CACHE = 8  # (sample, label) passes: all CAM layers × both methods at input size (VGG16 at 224²: every CAM layer at input size, float32)
+CAM_CACHE = 8  # (sample, label) passes: all CAM layers × every CAM method at input size (VGG16 at 224²: every CAM layer at input size, float32)
 FORWARD_CACHE = 3  # samples whose logits and activations of every recorded layer are kept (VGG16 at 224²: 100+ MB each)
-SMALL_CACHE = 64  # LRP heatmaps and per-layer (activations, scores) pairs
+SMALL_CACHE = 64  # LRP and guided backprop heatmaps, Guided Grad-CAMs and per-layer (activations, scores) pairs
+# The LRP composites `SampleExplainer.lrp` offers (the registry's other composites, guided and excitation backprop, are not LRP)
+LRP_COMPOSITES = tuple(name for name, m in ATTRIBUTION_METHODS.items() if m.kind == "composite" and name.startswith("epsilon"))
 
 
 def frozen(array: np.ndarray) -> np.ndarray:
@@ -57,7 +60,8 @@ def channel_scores(activations: np.ndarray, bins: int = SCORE_BINS) -> np.ndarra
 
 
 class SampleExplainer:
-    """The recorded model of a store, loaded once, explaining single samples (CAMs, LRP, predictions, activations)."""
+    """The recorded model of a store, loaded once, explaining single samples (CAMs, LRP, guided backprop, Guided Grad-CAM,
+    predictions, activations)."""
 
     def __init__(self, project: Project, device: str = "cpu"):
         self.project = project
@@ -136,6 +140,21 @@ class SampleExplainer:
         with self._lock:
             return self._cams.get((sample, label), compute)
 
+    def _composite(self, sample: int, label: int, method: str) -> np.ndarray:
+        """A zennit composite's attribution (C, H, W) float32 of class `label`, as `relaylab attribute` computes it
+        (same composite, canonizers, input bounds and seed)."""
+        def compute():
+            x = self._input(sample)
+            bounds = None
+            if method == "epsilon_gamma_box":  # the input layer's z^B rule needs the lowest and highest model input
+                low, high = models.input_bounds(self.spec, self._value_range, self._inputs.dtype)
+                bounds = (low.to(x).expand_as(x), high.to(x).expand_as(x))
+            with Explainer(self.model, method, canonizer=self.spec.canonizer, bounds=bounds) as explainer:
+                attribution, _ = explainer(x, torch.tensor([label], device=x.device))
+            return frozen(attribution[0].float().cpu().numpy())
+        with self._lock:
+            return self._small.get(("composite", sample, label, method), compute)
+
     # ------------------------------------------------------------------------------------------------ public
 
     def predictions(self, sample: int, top: int = 10) -> list[dict]:
@@ -148,7 +167,8 @@ class SampleExplainer:
         return [{"class": int(c), "name": self._names.get(int(c), str(int(c))), "score": float(p[c])} for c in order]
 
     def cam(self, sample: int, label: int, layer: str, method: str = "gradcam") -> np.ndarray:
-        """Grad-CAM or LayerCAM (H, W) float32 of class `label` at `layer`, upsampled to the input size, unnormalised."""
+        """A CAM (H, W) float32 of class `label` at `layer` (a method of cam.METHODS), upsampled to the input size,
+        unnormalised."""
         self._position(sample)
         label = self._check_label(label)
         self._check_layer(layer, self.cam_layers, "a layer with a spatial output")
@@ -156,25 +176,33 @@ class SampleExplainer:
         return self._cam_pass(int(sample), label)[layer, method]
 
     def lrp(self, sample: int, label: int, method: str = "epsilon_plus_flat") -> np.ndarray:
-        """LRP relevance (C, H, W) float32 of class `label`: the numbers `relaylab attribute` stores for that method
-        (same composite, canonizers and seed, the target logit)."""
+        """LRP relevance (C, H, W) float32 of class `label` with one of LRP_COMPOSITES: the numbers `relaylab attribute`
+        stores for that method (same composite, canonizers and seed, the target logit)."""
         self._position(sample)
         label = self._check_label(label)
-        lrp_methods = [name for name, m in ATTRIBUTION_METHODS.items() if m.kind == "composite"]
-        if method not in lrp_methods:
-            raise RelaylabError.at("lrp", "method", f"an LRP composite: {', '.join(lrp_methods)}", repr(method))
+        if method not in LRP_COMPOSITES:
+            raise RelaylabError.at("lrp", "method", f"an LRP composite: {', '.join(LRP_COMPOSITES)}", repr(method))
+        return self._composite(int(sample), label, method)
+
+    def guided_backprop(self, sample: int, label: int) -> np.ndarray:
+        """Guided backpropagation (C, H, W) float32 of class `label`: the numbers `relaylab attribute --method
+        guided_backprop` stores (one-hot seed)."""
+        self._position(sample)
+        return self._composite(int(sample), self._check_label(label), "guided_backprop")
+
+    def guided_gradcam(self, sample: int, label: int, layer: str) -> np.ndarray:
+        """Guided Grad-CAM (H, W) float32 of class `label` at `layer`: guided backprop summed over channels × Grad-CAM
+        at the input size, the numbers `relaylab attribute --method guided_gradcam --layer` stores, from cached halves."""
+        self._position(sample)
+        label = self._check_label(label)
+        self._check_layer(layer, self.cam_layers, "a layer with a spatial output")
 
         def compute():
-            x = self._input(sample)
-            bounds = None
-            if method == "epsilon_gamma_box":  # the input layer's z^B rule needs the lowest and highest model input
-                low, high = models.input_bounds(self.spec, self._value_range, self._inputs.dtype)
-                bounds = (low.to(x).expand_as(x), high.to(x).expand_as(x))
-            with Explainer(self.model, method, canonizer=self.spec.canonizer, bounds=bounds) as explainer:
-                relevance, _ = explainer(x, torch.tensor([label], device=x.device))
-            return frozen(relevance[0].float().cpu().numpy())
+            guided = self.guided_backprop(sample, label)
+            gradcam = self._cam_pass(int(sample), label)[layer, "gradcam"]
+            return frozen(guided_gradcam(guided[None], gradcam[None])[0, 0])
         with self._lock:
-            return self._small.get(("lrp", int(sample), label, method), compute)
+            return self._small.get(("guided_gradcam", int(sample), label, layer), compute)
 
     def layer_activations(self, sample: int, layer: str) -> tuple[np.ndarray, np.ndarray]:
         """The layer's activations (C, h, w) float32 for one sample at full resolution, and each channel's score."""

@@ -32,6 +32,7 @@ METHODS = {m.name: m for m in (
     Method("occlusion", "attributor", "one_hot", "occlusion: target logit with only an 8x8 window kept, stride 8"),
     Method("gradcam", "cam", "one_hot", "Grad-CAM at --layer, upsampled to the input (one channel)"),
     Method("layercam", "cam", "one_hot", "LayerCAM at --layer, upsampled to the input (one channel)"),
+    Method("focus_layercam", "cam", "one_hot", "Focus LayerCAM at --layer: LayerCAM over the channels with a positive Grad-CAM weight (one channel)"),
     Method("guided_gradcam", "guided_gradcam", "one_hot", "guided backprop (channel sum) × Grad-CAM at --layer (one channel)"),
 )}
 
