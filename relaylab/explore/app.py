@@ -135,9 +135,7 @@ class ExplorerApp(pn.viewable.Viewer):
     def _apply_session_query(self) -> None:
         """A share link opened: switch to its project and restore its view, or say what is wrong with it."""
         args = vs.query_args(pn.state.session_args) if pn.state.curdoc is not None and pn.state.session_args else {}
-        keys = {"project", "analysisMethod", "analysisCategory", "embedding", "clustering", "firstEmbeddingDimension",
-                "secondEmbeddingDimension", "colorBy", "colorMap", "imageMode", "imageSampling", "page", "pageSize", "layer",
-                "sample", "embeddingVectors"}
+        keys = vs.QUERY_KEYS
         if not self.views or not keys & set(args):
             return
         try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 from urllib.parse import parse_qs, urlencode
 
 import numpy as np
@@ -30,6 +31,55 @@ PREFERRED_EMBEDDINGS = ("tsne", "umap", "pca", "spectral")
 STATE_VERSION = 1
 MAX_QUERY_SAMPLES = 50_000_000  # a share link's ranges may not expand beyond this (a typo like 0-999999999999 would)
 MAX_LINK_RANGES = 2000  # a selection needing more ranges is left out of share links (URLs of > ~30 kB break); Export keeps it
+MAX_PINNED = 12  # samples side by side in the inspector
+CATEGORY_ORDERS = ("index", "suspicion")
+TABS = ("analysis", "sample", "layers", "compare")
+CAM_METHODS = ("gradcam", "layercam", "focus_layercam")  # relaylab.explain.cam.METHODS, without importing torch
+LRP_COMPOSITES = ("epsilon_plus_flat", "epsilon_plus", "epsilon_alpha2_beta1_flat", "epsilon_alpha2_beta1", "epsilon_gamma_box")
+DEFAULT_COMPOSITE = "epsilon_plus_flat"
+
+
+class Key(NamedTuple):
+    """Where a ViewState field goes in share links (`query`) and exported files (`json`: a top-level ViRelAy key, or
+    `relaylab.<key>` for relaylab's own), and how it is written there (`kind`: text, int, optional int, ranges)."""
+
+    field: str
+    query: str | None
+    json: str | None
+    kind: str = "text"
+
+
+# one row per field that links and files carry (project and the ViRelAy-derived keys are written by to_virelay_json)
+KEYS = (
+    Key("analysis", "analysisMethod", "selectedAnalysisMethod"),
+    Key("category", "analysisCategory", "selectedAnalysisCategory"),
+    Key("embedding", "embedding", "selectedEmbeddingName"),
+    Key("clustering", "clustering", "selectedClustering"),
+    Key("x_dim", "firstEmbeddingDimension", "relaylab.firstEmbeddingDimension", "int"),
+    Key("y_dim", "secondEmbeddingDimension", "relaylab.secondEmbeddingDimension", "int"),
+    Key("color_by", "colorBy", "relaylab.colorBy"),
+    Key("colormap", "colorMap", "selectedColorMap"),
+    Key("mode", "imageMode", "selectedImageMode"),
+    Key("sampling", "imageSampling", "relaylab.imageSampling"),
+    Key("page", "page", "relaylab.page", "int"),
+    Key("page_size", "pageSize", "relaylab.pageSize", "int"),
+    Key("layer", "layer", "relaylab.selectedLayer", "optional"),
+    Key("sample", "sample", "relaylab.selectedSample", "optional int"),
+    Key("selection", "embeddingVectors", "selectedEmbeddingVectorsIndices", "ranges"),
+    Key("attribution", "attribution", "relaylab.attribution"),
+    Key("pinned", "pinned", "relaylab.pinnedSamples", "list"),
+    Key("category_order", "categoryOrder", "relaylab.categoryOrder"),
+    Key("compare", "compareCategory", "relaylab.compareCategory"),
+    Key("tab", "tab", "relaylab.tab"),
+    Key("label", "explainedLabel", "relaylab.explainedLabel", "optional int"),
+    Key("cam_method", "camMethod", "relaylab.camMethod"),
+    Key("depth", "camDepth", "relaylab.camDepth", "optional int"),
+    Key("composite", "lrpComposite", "relaylab.lrpComposite"),
+    Key("inspector_colormap", "inspectorColorMap", "relaylab.inspectorColorMap"),
+)
+NEWER_FIELDS = frozenset({"attribution", "pinned", "category_order", "compare", "tab", "label", "cam_method", "depth",
+                          "composite", "inspector_colormap"})  # links carry these only when not at their defaults
+QUERY_KEYS = frozenset({"project", *(k.query for k in KEYS)})  # what makes a URL a share link
 
 
 class ViewState(param.Parameterized):
@@ -51,9 +101,20 @@ class ViewState(param.Parameterized):
     page_size = param.Integer(20, bounds=(1, 1000))
     layer = param.String(None, allow_None=True, doc="model layer inspected, None for none")
     sample = param.Integer(None, allow_None=True, bounds=(0, None), doc="dataset index of the sample opened in detail")
+    attribution = param.String("", doc="attribution set of grid, hover and inspector; '' = the one the analysis was computed from")
+    pinned = param.List([], item_type=int, doc="samples pinned side by side in the sample inspector, in pinning order")
+    category_order = param.Selector(default="index", objects=list(CATEGORY_ORDERS), doc="category list: by class index or most suspicious first")
+    compare = param.String("", doc="second category shown beside the first in the compare tab ('' = none)")
+    tab = param.Selector(default="analysis", objects=list(TABS), doc="the main area's tab")
+    label = param.Integer(None, allow_None=True, doc="class the inspector's heatmaps explain; None = the predicted class")
+    cam_method = param.Selector(default="gradcam", objects=list(CAM_METHODS), doc="CAM the layer inspector shows")
+    depth = param.Integer(None, allow_None=True, bounds=(0, None), doc="index into the CAM layers, input → output; None = the deepest spatial one")
+    composite = param.Selector(default=DEFAULT_COMPOSITE, objects=list(LRP_COMPOSITES), doc="LRP composite of the inspector")
+    inspector_colormap = param.String("", doc="colour map of the inspector's heatmaps; '' = follow `colormap`")
 
     FIELDS = ("project", "analysis", "category", "embedding", "clustering", "x_dim", "y_dim", "color_by", "selection",
-              "mode", "colormap", "sampling", "page", "page_size", "layer", "sample")
+              "mode", "colormap", "sampling", "page", "page_size", "layer", "sample", "attribution", "pinned",
+              "category_order", "compare", "tab", "label", "cam_method", "depth", "composite", "inspector_colormap")
 
     def values(self) -> dict:
         return {name: getattr(self, name) for name in self.FIELDS}
@@ -105,11 +166,8 @@ class ViewState(param.Parameterized):
             out["selectedEmbeddingVectorsClusters"] = clusters_of(members, clusters, np.asarray(self.selection, dtype=np.int64)).tolist()
             out["allEmbeddingVectorsIndices"] = members.tolist()
             out["allEmbeddingVectorsClusters"] = clusters.tolist()
-        out["relaylab"] = {
-            "version": STATE_VERSION, "firstEmbeddingDimension": self.x_dim, "secondEmbeddingDimension": self.y_dim,
-            "colorBy": self.color_by, "imageSampling": self.sampling, "page": self.page, "pageSize": self.page_size,
-            "selectedLayer": self.layer, "selectedSample": self.sample,
-        }
+        out["relaylab"] = {"version": STATE_VERSION, **{k.json.split(".", 1)[1]: self._written(k) for k in KEYS
+                                                         if k.json and k.json.startswith("relaylab.")}}
         return out
 
     def from_json(self, document: dict | str | bytes, projects: Sequence[Project] | Mapping[str, Project] | None = None,
@@ -129,39 +187,43 @@ class ViewState(param.Parameterized):
         if problems:
             raise RelaylabError(problems)
         extra = document.get("relaylab", {})
-        given = {
-            "analysis": document.get("selectedAnalysisMethod"), "category": document.get("selectedAnalysisCategory"),
-            "embedding": document.get("selectedEmbeddingName"), "clustering": document.get("selectedClustering"),
-            "colormap": document.get("selectedColorMap"), "mode": document.get("selectedImageMode"),
-            "selection": document.get("selectedEmbeddingVectorsIndices"),
-            "x_dim": extra.get("firstEmbeddingDimension"), "y_dim": extra.get("secondEmbeddingDimension"),
-            "color_by": extra.get("colorBy"), "sampling": extra.get("imageSampling"), "page": extra.get("page"),
-            "page_size": extra.get("pageSize"), "layer": extra.get("selectedLayer"), "sample": extra.get("selectedSample"),
-        }
-        keys = {"analysis": "selectedAnalysisMethod", "category": "selectedAnalysisCategory", "embedding": "selectedEmbeddingName",
-                "clustering": "selectedClustering", "colormap": "selectedColorMap", "selection": "selectedEmbeddingVectorsIndices",
-                "x_dim": "relaylab.firstEmbeddingDimension", "y_dim": "relaylab.secondEmbeddingDimension",
-                "color_by": "relaylab.colorBy", "layer": "relaylab.selectedLayer", "sample": "relaylab.selectedSample",
-                "project": "projectName"}
-        given = {k: v for k, v in given.items() if v is not None}
-        for field, key in (("layer", "selectedLayer"), ("sample", "selectedSample")):
-            if key in extra:  # null is a value here: nothing selected
-                given[field] = extra[key]
+        given, keys = {}, {"project": "projectName"}
+        for k in KEYS:
+            if not k.json:
+                continue
+            keys[k.field] = k.json
+            block, name = (extra, k.json.split(".", 1)[1]) if k.json.startswith("relaylab.") else (document, k.json)
+            if block.get(name) is not None or (k.kind.startswith("optional") and name in block):  # null: nothing chosen
+                given[k.field] = block[name]
         project = pick_project(projects, document.get("projectName"), document.get("projectId"), file)
         given["project"] = project.name if project is not None else document.get("projectName", "")
         return self.apply(checked_values(given, project, file, keys))
 
     # ------------------------------------------------------------------------------------------------ share links
 
+    def _written(self, key: Key):
+        """A field's value as links and files write it."""
+        value = getattr(self, key.field)
+        if key.field == "analysis":
+            return virelay_analysis_name(value)
+        if key.kind == "list":
+            return [int(i) for i in value]
+        return value
+
     def to_query(self) -> str:
         """The view as a URL query (ViRelAy's share-link keys plus relaylab's), without the leading '?'. A selection
-        too scattered for a URL (see `link_holds_selection`) is left out."""
-        pairs = [("project", self.project), ("analysisMethod", virelay_analysis_name(self.analysis)),
-                 ("analysisCategory", self.category), ("embedding", self.embedding), ("clustering", self.clustering),
-                 ("firstEmbeddingDimension", self.x_dim), ("secondEmbeddingDimension", self.y_dim),
-                 ("colorBy", self.color_by), ("colorMap", self.colormap), ("imageMode", self.mode),
-                 ("imageSampling", self.sampling), ("page", self.page), ("pageSize", self.page_size),
-                 ("layer", self.layer), ("sample", self.sample), ("embeddingVectors", self._link_selection())]
+        too scattered for a URL (see `link_holds_selection`) is left out; relaylab's newer fields only when they differ
+        from their defaults (links stay short)."""
+        pairs = [("project", self.project)]
+        for k in KEYS:
+            value = self._written(k)
+            if k.kind == "ranges":
+                value = self._link_selection()
+            elif k.kind == "list":
+                value = ",".join(map(str, value))
+            if k.field in NEWER_FIELDS and getattr(self, k.field) == self.param[k.field].default:
+                continue
+            pairs.append((k.query, value))
         return urlencode([(k, v) for k, v in pairs if v not in (None, "")], safe=",-")
 
     def from_query(self, query: str | Mapping, projects: Sequence[Project] | Mapping[str, Project] | None = None,
@@ -171,29 +233,28 @@ class ViewState(param.Parameterized):
         args = query_args(query)
         problems: list[Problem] = []
         given: dict = {}
-        names = {"analysisMethod": "analysis", "analysisCategory": "category", "embedding": "embedding", "clustering": "clustering",
-                 "colorBy": "color_by", "colorMap": "colormap", "imageMode": "mode", "imageSampling": "sampling", "layer": "layer"}
-        for key, field in names.items():
-            if key in args:
-                given[field] = args[key]
-        integers = {"firstEmbeddingDimension": "x_dim", "secondEmbeddingDimension": "y_dim", "page": "page", "pageSize": "page_size",
-                    "sample": "sample"}
-        for key, field in integers.items():
-            if key in args:
-                try:
-                    given[field] = int(args[key])
-                except ValueError:
-                    problems.append(Problem(file, key, "a whole number", repr(args[key])))
-        if "embeddingVectors" in args:
+        for k in KEYS:
+            if k.query not in args:
+                continue
+            text = args[k.query]
             try:
-                given["selection"] = decode_ranges(args["embeddingVectors"])
+                if k.kind in ("int", "optional int"):
+                    given[k.field] = int(text)
+                elif k.kind == "ranges":
+                    given[k.field] = decode_ranges(text)
+                elif k.kind == "list":
+                    given[k.field] = [int(i) for i in text.split(",") if i.strip()]
+                else:
+                    given[k.field] = text
             except ValueError as error:
-                problems.append(Problem(file, "embeddingVectors", "sample indices as ranges, e.g. 3-9,12", str(error)))
+                expected = {"ranges": "sample indices as ranges, e.g. 3-9,12", "list": "sample indices, e.g. 3,12,7"}
+                problems.append(Problem(file, k.query, expected.get(k.kind, "a whole number"),
+                                        str(error) if k.kind == "ranges" else repr(text)))
         if problems:
             raise RelaylabError(problems)
         project = pick_project(projects, args.get("project"), None, file) if "project" in args or projects else None
         given["project"] = project.name if project is not None else args.get("project", "")
-        keys = {v: k for k, v in {**names, **integers, "embeddingVectors": "selection", "project": "project"}.items()}
+        keys = {"project": "project", **{k.field: k.query for k in KEYS}}
         return self.apply(checked_values(given, project, file, keys))
 
 
@@ -325,7 +386,7 @@ def checked_values(given: dict, project: Project | None, file: str, keys: dict[s
     """Complete values for a ViewState: the given ones checked against the project, the rest defaults. Raises
     RelaylabError listing every problem, each at the key the user wrote (so the message points into their file)."""
     values = {name: ViewState.param[name].default for name in ViewState.FIELDS}
-    values["selection"] = []
+    values["selection"], values["pinned"] = [], []
     values.update({k: v for k, v in given.items() if k in values})
     problems: list[Problem] = []
 
@@ -344,6 +405,17 @@ def checked_values(given: dict, project: Project | None, file: str, keys: dict[s
     if values["colormap"] not in COLORMAPS:
         problem("colormap", "one of the colour maps: " + ", ".join(COLORMAPS), values["colormap"])
     values["selection"] = sorted({int(i) for i in values["selection"]})
+    for field, allowed in (("category_order", CATEGORY_ORDERS), ("tab", TABS), ("cam_method", CAM_METHODS),
+                           ("composite", LRP_COMPOSITES)):
+        if values[field] not in allowed:
+            problem(field, "one of " + ", ".join(allowed), values[field])
+    if values["inspector_colormap"] not in ("", *COLORMAPS):
+        problem("inspector_colormap", "one of the colour maps (or nothing: follow the main one)", values["inspector_colormap"])
+    if values["depth"] is not None and values["depth"] < 0:
+        problem("depth", "a CAM depth ≥ 0", values["depth"])
+    values["pinned"] = list(dict.fromkeys(int(i) for i in values["pinned"]))  # pinning order, once each
+    if len(values["pinned"]) > MAX_PINNED:
+        problem("pinned", f"at most {MAX_PINNED} pinned samples", f"{len(values['pinned'])} samples")
     if project is None:
         if problems:
             raise RelaylabError(problems)
@@ -381,8 +453,20 @@ def checked_values(given: dict, project: Project | None, file: str, keys: dict[s
                 if values["clustering"] and values["clustering"] not in known:
                     problem("clustering", "one of the category's clusterings: " + ", ".join(known), values["clustering"])
                 values["clustering"] = values["clustering"] or (known[0] if known else "")
+                if values["compare"] and values["compare"] not in cats:
+                    by_name_compare = by_name.get(values["compare"])
+                    if by_name_compare is None:
+                        problem("compare", f"one of the categories of {analysis}", values["compare"])
+                    else:
+                        values["compare"] = by_name_compare
     elif values["analysis"]:
         problem("analysis", f"no analysis (project '{project.name}' has none)", values["analysis"])
+    if values["attribution"] and values["attribution"] not in project.attributions:
+        problem("attribution", "one of the project's attribution sets: " + ", ".join(project.attributions), values["attribution"])
+    classes = np.asarray(project.label_map["class"].values)
+    if values["label"] is not None and values["label"] not in classes:
+        problem("label", f"a class index of the label map ({classes.min()}–{classes.max()})", values["label"])
+    problems += sample_problems(project, values["pinned"], file, keys.get("pinned", "pinned"))
     options = color_options(project)
     if values["color_by"] not in options:
         problem("color_by", "one of " + ", ".join(options), values["color_by"])
@@ -414,11 +498,15 @@ def fitted_values(project: Project, values: dict) -> dict:
     clustering = values["clustering"] if values["clustering"] in known else (known[0] if known else "")
     options = color_options(project)
     color_by = values["color_by"] if values["color_by"] in options else options[0]
+    compare = values.get("compare", "")
+    compare = compare if compare in cats and compare != category else ""
+    attribution = values.get("attribution", "")
+    attribution = attribution if attribution in project.attributions else ""
     mode = values.get("mode")
     if mode == "input" and not project.has_images:  # attributions without their dataset: heatmaps are all there is
         mode = "attribution"
     return dict(values, analysis=analysis, category=category, embedding=embedding, clustering=clustering, color_by=color_by,
-                mode=mode)
+                mode=mode, compare=compare, attribution=attribution)
 
 
 # ---------------------------------------------------------------------------------------------- compact selections
