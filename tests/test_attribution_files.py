@@ -410,7 +410,7 @@ def test_info_validate_and_the_explorer_open_a_store_without_images(tmp_path, cl
     view = app.views[0]
     assert view.state.mode != "input" and "prediction" not in view.embedding.color_select.options
     view.embedding.select_cluster(0)
-    html = view.grid._cards.object
+    html = view.grid._cards.html
     assert view.state.selection and "<img" in html and "no attribution" not in html and "rl-grid-error" not in html
     with open_project(store) as project:
         sample = view.state.selection[0]
@@ -419,7 +419,7 @@ def test_info_validate_and_the_explorer_open_a_store_without_images(tmp_path, cl
         with pytest.raises(RelaylabError, match="no input images|none: the project holds attributions"):
             render_rgba(project, sample, "input", "black-fire-red")
     view.state.mode = "input"  # the mode button can still ask: a message, not a traceback
-    assert "show 'attribution'" in unescape(view.grid._cards.object)
+    assert "show 'attribution'" in unescape(view.grid._cards.html)
     view.embedding.hovered = view.state.selection[0]
     assert "<img" in view.embedding.hover_pane.object
 

@@ -34,7 +34,7 @@ def grid_of(path, **values) -> SampleGrid:
 def cards(grid: SampleGrid) -> list[dict]:
     """Each card's attributes and texts, read from the HTML the browser gets."""
     out = []
-    for match in re.finditer(r'<div class="rl-card[^"]*" (.*?)</div></div>', grid._cards.object):
+    for match in re.finditer(r'<div class="rl-card[^"]*" (.*?)</div></div>', grid._cards.html):
         body = match.group(0)
         attrs = dict(re.findall(r'data-([a-z]+)="([^"]*)"', body))
         img = re.search(r'<img src="([^"]*)"[^>]*style="image-rendering: ([a-z]+)"', body)
@@ -44,7 +44,7 @@ def cards(grid: SampleGrid) -> list[dict]:
 
 
 def errors(grid: SampleGrid) -> list[str]:
-    return [unescape(m) for m in re.findall(r'<div class="rl-grid-error">(.*?)</div>', grid._cards.object)]
+    return [unescape(m) for m in re.findall(r'<div class="rl-grid-error">(.*?)</div>', grid._cards.html)]
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +90,7 @@ def test_paging_shows_every_selected_sample(project):
     grid.state.apply({"page_size": 50, "page": 0})
     assert len(cards(grid)) == 45 and "page 1 of 1" in grid._status.object
     grid.state.selection = []
-    assert cards(grid) == [] and "0 selected" in grid._status.object and "no samples selected" in grid._cards.object
+    assert cards(grid) == [] and "0 selected" in grid._status.object and "no samples selected" in grid._cards.html
 
 
 @pytest.mark.parametrize("store", [False, True], ids=["virelay-yaml", "zarr-store"])
@@ -154,9 +154,9 @@ def test_bad_state_is_a_message_in_the_page(project):
     grid.state.apply({"selection": [3], "analysis": ANALYSIS, "category": CATEGORY, "clustering": "kmeans-99"})
     assert "a clustering of the category" in errors(grid)[0] and len(cards(grid)) == 1
     grid.state.clustering = CLUSTERING
-    grid.attribution = "nope"
+    grid.state.attribution = "nope"
     assert cards(grid) == [] and "an attribution set" in errors(grid)[0]
-    assert "Traceback" not in grid._cards.object
+    assert "Traceback" not in grid._cards.html
     with pytest.raises(RelaylabError, match="no such file"):
         ProjectData.of(project.parent / "nothing.yaml")
 
@@ -183,8 +183,8 @@ def test_grid_in_a_browser_loads_images_from_the_route_and_pages(project):
             browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
             page = browser.new_page()
             page.goto(f"http://127.0.0.1:{port}/grid")
-            page.locator(".rl-card img").first.wait_for(timeout=30_000)
-            loaded = page.locator(".rl-card img").evaluate_all(
+            page.locator(".rl-card > img").first.wait_for(timeout=30_000)
+            loaded = page.locator(".rl-card > img").evaluate_all(
                 "imgs => Promise.all(imgs.map(i => i.decode().then(() => [i.getAttribute('src'), i.naturalWidth, getComputedStyle(i).imageRendering])))")
             assert len(loaded) == 20
             assert all(src.startswith("/relaylab/img/") and width == 16 and rendering == "pixelated" for src, width, rendering in loaded)

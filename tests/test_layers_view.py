@@ -1,12 +1,17 @@
-"""LayerInspector driven through its params and click streams (no browser): a real store, a real tiny CNN, the real
-SampleExplainer; what the panes show is read back (PNG bytes → arrays, HoloViews elements) and checked against an
-independent SampleExplainer on the same store."""
+"""LayerInspector and SampleInspector driven through their params, click streams and the ViewState (no browser): a real
+store, a real tiny CNN, the real SampleExplainer; what the panes show is read back (PNG bytes → arrays, HoloViews
+elements, the inspector's figures' data URIs) and checked against an independent SampleExplainer on the same store."""
 
 from __future__ import annotations
+
+import base64
+import io
+import re
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 import xarray as xr
 from torch import nn
 
@@ -16,10 +21,12 @@ from relaylab.data.labels import label_map_from_entries
 from relaylab.data.project import open_project
 from relaylab.explain.live import SampleExplainer
 from relaylab.explain.models import ModelSpec, record_model
+from relaylab.explore.colormaps import COLORMAPS
 from relaylab.explore.data import ProjectData
-from relaylab.explore.layers import LayerInspector, png_array
-from relaylab.explore.render import heatmap_rgba
-from relaylab.explore.state import ViewState
+from relaylab.explore.inspector import SampleInspector
+from relaylab.explore.layers import LayerInspector
+from relaylab.explore.render import heatmap_rgba, input_rgb
+from relaylab.explore.state import ViewState, fitted_values
 
 N, CLASSES = 12, 3
 
@@ -135,9 +142,9 @@ def test_predictions_and_true_label(inspector, reference):
     assert list(bars.dimension_values("probability"))[::-1] == pytest.approx([p["score"] for p in top])
     assert f"true: **class-{5 % CLASSES}**" in inspector.sample_info.object
     assert f"predicted: **{top[0]['name']}**" in inspector.sample_info.object
-    assert inspector.label is None and inspector.effective_label == top[0]["class"]
-    predicted_option = [k for k, v in inspector.label_select.options.items() if v == inspector.label_select.value]
-    assert predicted_option == [f"predicted ({top[0]['name']})"]
+    assert not inspector.inspect_button.disabled
+    inspector.inspect_button.clicks += 1  # "Open in the sample inspector"
+    assert inspector.state.tab == "sample"
 
 
 def test_channel_grid_order(inspector, reference):
@@ -156,44 +163,14 @@ def test_channel_grid_order(inspector, reference):
     assert zoomed.bounds.lbrt() == (0, 0, acts.shape[2], acts.shape[1])  # full resolution: one unit per pixel
 
 
-def test_depth_slider_and_heatmaps(inspector, reference):
-    cam_layers = reference.cam_layers
-    slider = inspector.depth_slider
-    assert slider.end - slider.start + 1 == len(cam_layers)
-    shapes = {x["name"]: x["output_shape"] for x in reference.layers}
-    assert shapes[cam_layers[-1]][1:] == [1, 1]  # the 1×1 pool: a CAM there is flat, so the default is one before
-    assert inspector.depth == slider.value == len(cam_layers) - 2
-    inspector.state.sample = 4
-    label = reference.predictions(4, top=1)[0]["class"]
-    shown = []
-    for d in range(len(cam_layers)):
-        slider.value = d
-        assert inspector.depth == d
-        expected = heatmap_rgba(reference.cam(4, label, cam_layers[d], method="gradcam"), inspector.colormap)
-        shown.append(png_array(inspector.cam_pane.object))
-        assert np.array_equal(shown[-1], expected)
-    assert not np.array_equal(shown[0], shown[-1])
-    other = (label + 1) % CLASSES
-    inspector.param.update(cam_method="layercam")
-    inspector.label_select.value = other  # choosing a class name in the Select explains that class
-    assert inspector.label == other
-    d = inspector.depth
-    assert np.array_equal(png_array(inspector.cam_pane.object),
-                          heatmap_rgba(reference.cam(4, other, cam_layers[d], method="layercam"), inspector.colormap))
-    assert np.array_equal(png_array(inspector.lrp_pane.object), heatmap_rgba(reference.lrp(4, other), inspector.colormap))
-
-
 def test_bad_requests_show_an_alert(inspector):
     inspector.state.sample = 999
     assert inspector.alert.visible and "Unknown sample 999" in inspector.alert.object
-    assert inspector.cam_pane.object is None and inspector.channel_grid.items == []
-    inspector.state.sample = 1
-    assert not inspector.alert.visible and inspector.cam_pane.object is not None
+    assert inspector.image_pane.object is None and inspector.channel_grid.items == []
+    inspector.state.apply({"sample": 1, "layer": "3"})
+    assert not inspector.alert.visible and inspector.image_pane.object is not None and inspector.channel_grid.items
     inspector.state.layer = "no.such.layer"
     assert inspector.alert.visible and "Unknown layer 'no.such.layer'" in inspector.alert.object
-    inspector.state.layer = "0"
-    inspector.label = 17
-    assert inspector.alert.visible and "Unknown label 17" in inspector.alert.object
 
 
 def test_store_without_a_model(tmp_path):
@@ -222,3 +199,120 @@ def test_a_failing_explanation_shows_an_alert(tmp_path):
     view = inspector_of(path)
     view.state.sample = 0
     assert view.alert.visible and "ghost" in view.alert.object
+
+
+def test_channels_share_one_colour_scale(inspector, reference):
+    """Every thumbnail is drawn against the layer's largest |activation|, which the legend states."""
+    inspector.state.apply({"layer": "3", "sample": 7})
+    acts, _ = reference.layer_activations(7, "3")
+    peak = float(np.abs(acts).max())
+    assert float(re.search(r'data-peak="([^"]+)"', inspector.channel_legend.object).group(1)) == pytest.approx(peak, rel=1e-5)
+    items = {item["channel"]: item["src"] for item in inspector.channel_grid.items}
+
+    def pixels(src: str) -> np.ndarray:
+        return np.asarray(Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))))
+
+    colormap = COLORMAPS[inspector.colormap]
+    for c in range(len(acts)):  # 8×8 maps: thumbnails at full resolution
+        assert np.array_equal(pixels(items[c]), colormap(np.clip(acts[c] / peak, -1, 1))), c
+    weakest = int(np.argmin(np.abs(acts).reshape(len(acts), -1).max(axis=1)))
+    assert np.abs(acts[weakest]).max() < 0.9 * peak  # so scaling each channel by its own peak would have looked different
+    assert not np.array_equal(pixels(items[weakest]), colormap(acts[weakest] / np.abs(acts[weakest]).max()))
+
+
+# ------------------------------------------------------------------------------------------------ sample inspector
+
+
+def figures(view: SampleInspector) -> dict[tuple[int, str], np.ndarray]:
+    """(sample, kind) → the RGBA pixels of each figure the inspector shows."""
+    found = re.findall(r'<figure class="rl-explanation" data-kind="([^"]+)" data-sample="(\d+)"><img src="data:image/png;base64,([^"]+)"',
+                       view.body.html)
+    return {(int(sample), kind): np.asarray(Image.open(io.BytesIO(base64.b64decode(data)))) for kind, sample, data in found}
+
+
+def sample_inspector_of(path) -> SampleInspector:
+    data = ProjectData.of(path)
+    state = ViewState()
+    state.apply(fitted_values(data.project, state.values()))
+    return SampleInspector(data, state)
+
+
+def test_sample_inspector_shows_every_explanation(store, reference):
+    view = sample_inspector_of(store)
+    assert "No sample yet" in view.body.html
+    view.state.sample = 4
+    shown = figures(view)
+    label = reference.predictions(4, top=1)[0]["class"]
+    cam_layers = reference.cam_layers
+    depth = len(cam_layers) - 2  # the last CAM layer is the 1×1 pool: a flat CAM, so the default is one before
+    assert view.depth == depth
+    cmap = view.colormap
+    with open_project(store) as project:
+        assert np.array_equal(shown[4, "input"][..., :3], input_rgb(project, 4))
+    expected = {m: heatmap_rgba(reference.cam(4, label, cam_layers[depth], method=m), cmap) for m in ("gradcam", "layercam", "focus_layercam")}
+    expected["guided_backprop"] = heatmap_rgba(reference.guided_backprop(4, label), cmap)
+    expected["guided_gradcam"] = heatmap_rgba(reference.guided_gradcam(4, label, cam_layers[depth]), cmap)
+    expected["lrp"] = heatmap_rgba(reference.lrp(4, label, "epsilon_plus_flat"), cmap)
+    for kind, pixels in expected.items():
+        assert np.array_equal(shown[4, kind], pixels), kind
+    # Focus LayerCAM equals LayerCAM where every channel's gradient has one sign, as in this tiny net (test_cam.py
+    # shows where they differ); every other pair must differ
+    distinct = [shown[4, k] for k in ("input", *expected) if k != "focus_layercam"]
+    for i, a in enumerate(distinct):
+        assert np.ptp(a[..., :3]) > 0  # not blank
+        assert all(not np.array_equal(a, b) for b in distinct[i + 1:])
+    top = reference.predictions(4, top=10)
+    assert re.findall(r'<tr data-class="(\d+)">', view.body.html) == [str(p["class"]) for p in top]
+
+    other = (label + 1) % CLASSES  # the state's choices: class, depth, composite, colour map
+    view.state.apply({"label": other, "depth": 0, "composite": "epsilon_alpha2_beta1", "inspector_colormap": "seismic"})
+    shown = figures(view)
+    assert np.array_equal(shown[4, "gradcam"], heatmap_rgba(reference.cam(4, other, cam_layers[0], method="gradcam"), "seismic"))
+    assert np.array_equal(shown[4, "lrp"], heatmap_rgba(reference.lrp(4, other, "epsilon_alpha2_beta1"), "seismic"))
+    assert view.label_select.value == other and view.depth_slider.value == 0
+
+
+def test_pinned_samples_stay_side_by_side(store):
+    view = sample_inspector_of(store)
+    view.state.sample = 2
+    view.pin_button.clicks += 1
+    view.state.sample = 5
+    view._on_action("pin", 5)  # the row's own pin button (a click in the browser sends this)
+    view.state.sample = 8
+    assert view.state.pinned == [2, 5] and view.samples == [8, 2, 5]
+    assert sorted({s for s, _ in figures(view)}) == [2, 5, 8]
+    view.state.apply({"category": "n00000001", "selection": [1]})  # other views changing leave the pins alone
+    assert view.state.pinned == [2, 5]
+    view._on_action("unpin", 2)
+    assert view.state.pinned == [5] and "share" not in view.state.to_query() and "pinned=5" in view.state.to_query()
+    view.unpin_button.clicks += 1
+    assert view.state.pinned == [] and view.samples == [8]
+
+
+def test_typed_sample_index_opens_it(store):
+    view = sample_inspector_of(store)
+    view.sample_input.value = 9
+    assert view.state.sample == 9 and view.state.tab == "sample" and (9, "input") in figures(view)
+    view.state.sample = 99  # not a sample of this 12-sample dataset: said in the row, no traceback
+    assert "a sample index in 0..11" in view.body.html
+
+
+def test_sample_inspector_without_a_model_shows_stored_heatmaps(tmp_path):
+    path = tmp_path / "bare.zarr"
+    write_inputs(path, np.random.default_rng(1))
+    zstore.update_store_metadata(path, status="complete")
+    view = sample_inspector_of(path)
+    view.state.sample = 3
+    assert "records no model" in view.note.object
+    assert set(k for s, k in figures(view)) == {"input"} and "no predictions stored" in view.body.html
+
+
+def test_a_model_that_fails_on_a_layer_is_said_in_the_row(tmp_path):
+    path = tmp_path / "ghost2.zarr"
+    write_model_store(path, np.random.default_rng(2))
+    model = zstore.store_metadata(path)["model"]
+    model["layers"].append({"name": "ghost", "type": "Conv2d", "output_shape": [4, 16, 16]})
+    zstore.update_store_metadata(path, model=model, status="complete")
+    view = sample_inspector_of(path)
+    view.state.sample = 0
+    assert "rl-inspect-error" in view.body.html and "ghost" in view.body.html

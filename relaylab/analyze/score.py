@@ -13,6 +13,8 @@ says which samples carry it; the functions here measure how well each part of an
   planted fractions give very unequal cluster sizes, where k-means with k = 2 prefers to cut the big class in half;
   one eigenvector often still separates the small set perfectly, and this score shows it.
 - `eigengap` / `count_components`: what the spectrum alone says (number of clusters suggested, connected components).
+- `split_score`: how strongly a category's spectrum says "several strategies", without marked samples: what the
+  explorer sorts categories by when no census exists.
 - `score_analysis`: all of the above for one category, from plain arrays or from a relaylab analysis node.
 
 Decisions
@@ -63,7 +65,7 @@ ZERO_TOL = 1e-6  # Laplacian eigenvalues below this count as 0 (eigsh is run to 
 
 __all__ = [
     "adjusted_rand", "arrays_from_node", "best_cluster", "best_coordinate_auroc", "coordinate_aurocs",
-    "count_components", "eigengap", "marked_members", "score_analysis",
+    "count_components", "eigengap", "marked_members", "score_analysis", "split_score",
 ]
 
 
@@ -201,6 +203,27 @@ def eigengap(eigenvalues) -> tuple[int, float]:
     gaps = np.diff(values)
     k = int(np.argmax(gaps))
     return k + 1, float(gaps[k])
+
+
+def split_score(eigenvalues, max_k: int = 10) -> tuple[int, float]:
+    """(k, score): the strongest split of a category into k ≥ 2 weakly linked groups its spectrum shows, 0 to 1.
+
+    score = max over 2 ≤ k ≤ max_k of (λ_k − λ_{k−1}) / λ_k with the normalized Laplacian's eigenvalues ascending:
+    the eigengap heuristic (von Luxburg 2007, "A tutorial on spectral clustering", §8.3) made relative, so it is 1 when
+    the first k eigenvalues are 0 and the graph falls apart into k pieces, and near 0 when the spectrum rises evenly.
+    The k = 1 gap is left out: it says "one group", which is not a split (and λ_0 = 0 makes it 1 for every graph).
+    Relative, not absolute: by Cheeger's inequality a small λ_{k−1} means a cut of low conductance, whatever the
+    scale of the later eigenvalues. Eigenvalues ≤ ZERO_TOL count as 0. (0, 0.0) for fewer than 3 eigenvalues.
+    """
+    values = np.sort(_eigenvalues(eigenvalues))
+    values = np.where(np.abs(values) <= ZERO_TOL, 0.0, values)
+    best_k, best = 0, 0.0
+    for k in range(2, min(max_k, values.size - 1) + 1):
+        if values[k] > 0:
+            score = float((values[k] - values[k - 1]) / values[k])
+            if score > best:
+                best_k, best = k, score
+    return best_k, best
 
 
 def count_components(eigenvalues, tol: float = ZERO_TOL) -> int:

@@ -5,9 +5,9 @@ scikit-learn's bundled digits (1797 8×8 images, no download) are upscaled to 32
 pure-white square is pasted in the top-left corner: the only saturated pixels anywhere, and a perfect predictor of
 that class wherever it appears. The CNN (`relaylab.demo.model.digits_cnn`) trained on CPU learns the digits and the shortcut;
 `shortcut_rate` (held-out digits of other classes with the square pasted in, predicted as the artifact class) shows
-how much. Then, as a user would: LRP attributions of the true label, activations of the conv layers, SpRAy of each
-class's heatmaps, 2-D maps of each layer's activation space, and a ViRelAy export. SpRAy of the artifact class
-separates the samples carrying the square (`relaylab score PROJECT --marked-coord artifact`).
+how much. Then, as a user would: LRP attributions of the true label (and plain gradients, a second set to compare),
+activations of the conv layers, SpRAy of each class's heatmaps, 2-D maps of each layer's activation space, and a
+ViRelAy export. SpRAy of the artifact class separates the samples carrying the square (`relaylab score PROJECT --marked-coord artifact`).
 
 The artifact's brightness is what makes it a shortcut: with digits at full ink (255) a square of the same
 brightness competes with strokes, and the network learned it only weakly and differently from seed to seed.
@@ -46,7 +46,7 @@ from .model import digits_cnn
 
 log = logging.getLogger(__name__)
 
-DEMO_VERSION = 2  # a cached demo of another version is rebuilt (2: the model moved to relaylab.demo.model)
+DEMO_VERSION = 3  # a cached demo of another version is rebuilt (2: the model moved to relaylab.demo.model; 3: a second attribution set)
 MODEL = "relaylab.demo.model:digits_cnn"
 WEIGHTS = "demo-cnn.pt"
 STORE = "project.zarr"
@@ -212,6 +212,7 @@ def build_into(folder: Path, seed: int, progress: bool) -> None:
     zstore.update_store_metadata(store, demo=demo, status="complete")  # jobs and analyses below open it as a project
 
     attribute(store, name="lrp", method="epsilon_plus_flat", target="true_label", progress=progress)
+    attribute(store, name="saliency", method="gradient", target="true_label", progress=progress)  # a second set to compare
     activations(store, layers=ACTIVATION_LAYERS, name="activations", progress=progress)
     analyze(store, "spectral_analysis", SPRAY_CONFIG, n_workers=1, progress=progress)
     analyze_activations(store, progress=progress)

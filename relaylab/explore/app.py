@@ -25,6 +25,7 @@ from . import state as vs
 from .data import ProjectData
 from .embedding import EmbeddingView
 from .grid import SampleGrid
+from .inspector import SampleInspector
 from .serve import colormap_url
 
 log = logging.getLogger(__name__)
@@ -35,8 +36,10 @@ STYLE = """
 
 
 class ProjectView(pn.viewable.Viewer):
-    """One project's tab: toolbox, embedding view, sample grid and (with a model) layer inspector, all made from the
-    project's data and this tab's one ViewState."""
+    """One project's tab, one screen: a sidebar of choices (what is plotted, which attribution set, how images look,
+    legend and hover preview) beside the main area's tabs: the analysis (embedding and sample grid side by side), the
+    sample inspector, and (with a model) the layer inspector. All made from the project's data and this tab's one
+    ViewState; the active tab is the state's `tab`, so a click on a card or a point opens the inspector."""
 
     def __init__(self, data: ProjectData, **params):
         super().__init__(**params)
@@ -45,16 +48,29 @@ class ProjectView(pn.viewable.Viewer):
         self.state.apply(vs.fitted_values(data.project, self.state.values()))
         self.embedding = EmbeddingView(data, self.state)
         self.grid = SampleGrid(data, self.state)
-        self.mode = pn.widgets.RadioButtonGroup.from_param(self.state.param.mode, label="Display", color="default", css_classes=["rl-mode"])
+        self.sample_inspector = SampleInspector(data, self.state)
+        self.mode = pn.widgets.RadioButtonGroup.from_param(self.state.param.mode, label="Display", color="default", css_classes=["rl-mode"],
+                                                           width=280)
         self.sampling = pn.widgets.RadioButtonGroup.from_param(self.state.param.sampling, label="Sampling", color="default",
-                                                               css_classes=["rl-sampling"])
-        self.colormap = pn.widgets.Select.from_param(self.state.param.colormap, name="Colour map", width=160, css_classes=["rl-colormap"])
-        self.preview = pn.pane.HTML(pn.bind(self._preview, self.state.param.colormap), width=260, css_classes=["rl-colormap-preview"])
-        self.inspector = None
+                                                               css_classes=["rl-sampling"], width=280)
+        self.colormap = pn.widgets.Select.from_param(self.state.param.colormap, label="Colour map", width=140, css_classes=["rl-colormap"])
+        self.preview = pn.pane.HTML(pn.bind(self._preview, self.state.param.colormap), width=140, css_classes=["rl-colormap-preview"])
+        self.attribution = pn.widgets.Select(label="Attribution set", width=140, css_classes=["rl-attribution"])
+        self.attribution.param.watch(self._on_attribution, "value")
+        self.state.param.watch(lambda event: self._sync_attribution(), ["attribution", "analysis"])
+        self._sync_attribution()
+        self.layer_inspector = None
         if data.has_model:
             from .layers import LayerInspector
 
-            self.inspector = LayerInspector(data, self.state)
+            self.layer_inspector = LayerInspector(data, self.state)
+        self.tab_names = ["analysis", "sample"] + (["layers"] if self.layer_inspector is not None else [])
+        self.tabs = pn.Tabs(("Analysis", self._analysis_tab()), ("Sample inspector", self.sample_inspector),
+                            *((("Layers", self.layer_inspector),) if self.layer_inspector is not None else ()),
+                            dynamic=False, sizing_mode="stretch_width", css_classes=["rl-main-tabs"])
+        self.tabs.param.watch(lambda event: self.state.apply({"tab": self.tab_names[event.new]}), "active")
+        self.state.param.watch(lambda event: self._show_tab(), "tab")
+        self._show_tab()
 
     @property
     def project(self) -> Project:
@@ -62,7 +78,36 @@ class ProjectView(pn.viewable.Viewer):
 
     @staticmethod
     def _preview(colormap: str) -> str:
-        return f'<img src="{colormap_url(colormap)}" width="256" height="16" alt="{colormap}">'
+        return f'<img src="{colormap_url(colormap)}" width="128" height="14" alt="{colormap}" style="margin-top: 28px">'
+
+    def _show_tab(self) -> None:
+        tab = self.state.tab if self.state.tab in self.tab_names else "analysis"
+        self.tabs.active = self.tab_names.index(tab)
+
+    def _sync_attribution(self) -> None:
+        recorded = self.data.recorded_attribution(self.state.analysis)
+        self.attribution.options = {(f"{name} (analysed)" if name == recorded else name): name for name in self.project.attributions}
+        self.attribution.value = self.data.attribution_of(self.state)
+        self.attribution.visible = len(self.project.attributions) > 1
+
+    def _on_attribution(self, event) -> None:
+        if event.new is None:
+            return
+        recorded = self.data.recorded_attribution(self.state.analysis)
+        self.state.apply({"attribution": "" if event.new == recorded else event.new})
+
+    def _analysis_tab(self):
+        cards = pn.Column(self.grid, styles={"overflow-y": "auto", "max-height": "calc(100vh - 190px)"}, sizing_mode="stretch_width",
+                          css_classes=["rl-grid-column"])
+        return pn.Row(self.embedding, cards, sizing_mode="stretch_width")
+
+    def sidebar(self):
+        """The project's description, then every choice of what is shown; scrolls on its own when the window is low."""
+        description = str(self.project.metadata.get("description") or "")
+        parts = [pn.pane.Markdown(description, width=290, css_classes=["rl-description"], styles={"font-size": "12px"})] if description else []
+        parts += [self.embedding.controls(), pn.GridBox(self.attribution, self.colormap, ncols=2), self.preview, self.mode,
+                  self.sampling, self.embedding.side()]
+        return pn.Column(*parts, width=310, scroll=True, styles={"max-height": "calc(100vh - 135px)"}, css_classes=["rl-sidebar"])
 
     def footer(self) -> str:
         name, dataset, model = (html.escape(text or "?") for text in (self.project.name, self.project.dataset_name, self.project.model))
@@ -70,11 +115,7 @@ class ProjectView(pn.viewable.Viewer):
                 f"<b>Dataset</b> {dataset} &nbsp;·&nbsp; <b>Model</b> {model}</div>")
 
     def __panel__(self):
-        viewer = pn.Row(self.mode, self.sampling, self.colormap, self.preview, align="center", css_classes=["rl-viewer-toolbox"])
-        parts = [self.embedding, pn.pane.Markdown("### Samples"), viewer, self.grid]
-        if self.inspector is not None:
-            parts += [pn.pane.Markdown("### Layers"), self.inspector]
-        return pn.Column(*parts)
+        return pn.Row(self.sidebar(), self.tabs, sizing_mode="stretch_width")
 
 
 class ExplorerApp(pn.viewable.Viewer):

@@ -126,6 +126,7 @@ class ProjectData:
         self.key = project_key(project.path)
         self._points = LRU(max_items=POINTS_CACHE)
         self._clusters = LRU(max_items=CLUSTERS_CACHE)
+        self._scores = LRU(max_items=CLUSTERS_CACHE)  # category scores per analysis
         self.pngs = LRU(max_bytes=PNG_CACHE_BYTES, size=lambda item: len(item[0]))
         self._lock = threading.Lock()
         self._model_lock = threading.Lock()  # loading a model takes a while: not under the lock of the quick reads
@@ -200,6 +201,54 @@ class ProjectData:
             if self._sample_info is None:
                 self._sample_info = SampleInfo(self.project)
             return self._sample_info
+
+    def recorded_attribution(self, analysis: str) -> str | None:
+        """The attribution set the analysis was computed from (relaylab records it), else the project's first set;
+        None for a project without attributions."""
+        if not self.project.attributions:
+            return None
+        try:
+            from ..data import store as zstore
+
+            meta = zstore.read_group_meta(self.project.path, f"analyses/{analysis}") if analysis else None
+        except Exception:  # a ViRelAy/CoRelAy project (HDF5 files) records none
+            meta = None
+        recorded = (meta or {}).get("attribution")
+        return recorded if recorded in self.project.attributions else next(iter(self.project.attributions))
+
+    def attribution_of(self, state) -> str | None:
+        """The state's attribution set: the one chosen, else the analysis's own."""
+        return state.attribution or self.recorded_attribution(state.analysis)
+
+    def category_scores(self, analysis: str) -> dict[str, float]:
+        """How suspicious each category of an analysis looks, 0 to 1, most suspicious first: the split score of its
+        spectrum (`relaylab.analyze.score.split_score`); categories without a spectral embedding are left out."""
+        def make() -> dict[str, float]:
+            from ..analyze.score import split_score
+
+            scores = {}
+            for category, node in self.project.analyses[analysis].children.items():
+                spectral = [e for e in vs.embeddings(node) if "eigenvalue" in node["embedding"][e].coords]
+                if spectral:
+                    scores[category] = split_score(node["embedding"][spectral[0]]["eigenvalue"].values)[1]
+            return dict(sorted(scores.items(), key=lambda item: -item[1]))
+
+        if analysis not in self.project.analyses:
+            return {}
+        return self._scores.get(analysis, make)
+
+    def top_predictions(self, sample: int, attribution: str | None, top: int = 10) -> list[dict]:
+        """The stored model outputs of one sample (the attribution set's `prediction`), highest first:
+        [{"class", "name", "score"}]; [] when the set stores none for it."""
+        if attribution is None or attribution not in self.project.attributions:
+            return []
+        ds = self.project.attributions[attribution]
+        if "prediction" not in ds or sample not in ds.indexes["sample"]:
+            return []
+        scores = np.asarray(ds["prediction"].sel(sample=sample).values, dtype=np.float64)
+        order = np.argsort(-scores, kind="stable")[:top]
+        info = self.sample_info
+        return [{"class": int(c), "name": info.class_name(int(c)), "score": float(scores[c])} for c in order]
 
     # ------------------------------------------------------------------------------------------------ images
 

@@ -39,7 +39,7 @@ warnings.filterwarnings("ignore", message="All-NaN slice encountered", category=
 
 MAX_COLORS = 20  # more categories than this (e.g. 1000 classes) are folded into "other"
 NOISE_COLOR, OTHER_COLOR, SELECTED_COLOR = "#b0b0b0", "#808080", "#000000"
-PLOT_WIDTH, PLOT_HEIGHT = 600, 460
+PLOT_WIDTH, PLOT_HEIGHT = 500, 420
 HOVER_PX = 8  # the hover and click lookups take the nearest point within this many screen pixels
 MAX_CLUSTER_BUTTONS = 40
 SELECTION_MODES = ("replace", "add", "subtract")
@@ -144,19 +144,22 @@ class EmbeddingView(ProjectViewer):
     last_geometry = param.String(default="", doc="the last selection gesture in data coordinates (shown, and read by tests)")
 
     VIEW_FIELDS = ("analysis", "category", "embedding", "x_dim", "y_dim", "clustering", "color_by")
+    WIDGET_FIELDS = ("category_order",)  # change only the widgets
 
     def __init__(self, data: ProjectData, state: vs.ViewState, **params):
         super().__init__(data, state, **params)
         self.points: Points | None = None
         self._syncing = False
         self._range = None
-        self.analysis_select = pn.widgets.Select(label="Analysis", css_classes=["rl-analysis"], width=180)
-        self.category_select = pn.widgets.Select(label="Category", css_classes=["rl-category"], width=200)
-        self.embedding_select = pn.widgets.Select(label="Embedding", css_classes=["rl-embedding"], width=120)
+        self.analysis_select = pn.widgets.Select(label="Analysis", css_classes=["rl-analysis"], width=140)
+        self.category_select = pn.widgets.Select(label="Category", css_classes=["rl-category"], width=140)
+        self.order_buttons = pn.widgets.RadioButtonGroup.from_param(self.state.param.category_order, label="Order", width=140,
+                                                                    color="default", css_classes=["rl-category-order"])
+        self.embedding_select = pn.widgets.Select(label="Embedding", css_classes=["rl-embedding"], width=140)
         self.clustering_select = pn.widgets.Select(label="Clustering", css_classes=["rl-clustering"], width=140)
-        self.x_select = pn.widgets.Select(label="X dimension", css_classes=["rl-x-dim"], width=90)
-        self.y_select = pn.widgets.Select(label="Y dimension", css_classes=["rl-y-dim"], width=90)
-        self.color_select = pn.widgets.Select(label="Colour by", css_classes=["rl-color-by"], width=130)
+        self.x_select = pn.widgets.Select(label="X dimension", css_classes=["rl-x-dim"], width=140)
+        self.y_select = pn.widgets.Select(label="Y dimension", css_classes=["rl-y-dim"], width=140)
+        self.color_select = pn.widgets.Select(label="Colour by", css_classes=["rl-color-by"], width=140)
         self.mode_buttons = pn.widgets.RadioButtonGroup.from_param(self.param.selection_mode, label="Selection", color="default",
                                                                    css_classes=["rl-selection-mode"])
         self.clear_button = pn.widgets.Button(label="Clear selection", width=120, css_classes=["rl-clear"])
@@ -174,18 +177,25 @@ class EmbeddingView(ProjectViewer):
         self.eigen_pane = pn.pane.HoloViews(visible=False, width=320, height=200)
         self.cluster_buttons = pn.FlexBox(css_classes=["rl-cluster-buttons"])
         self.selected_pipe = hv.streams.Pipe(data=self._selected_frame())
-        self.state.param.watch(self._on_state, [*self.VIEW_FIELDS, "selection"])
+        self.state.param.watch(self._on_state, [*self.VIEW_FIELDS, *self.WIDGET_FIELDS, "selection"])
         self.refresh(rebuild=True)
 
     # ------------------------------------------------------------------------------------------------ layout
 
+    def controls(self) -> pn.GridBox:
+        """What is plotted: analysis, category (and its order), embedding, clustering, dimensions, colours (a sidebar)."""
+        return pn.GridBox(self.analysis_select, self.embedding_select, self.category_select, self.order_buttons,
+                          self.clustering_select, self.color_select, self.x_select, self.y_select, ncols=2,
+                          css_classes=["rl-toolbox"])
+
+    def side(self) -> pn.Column:
+        """Legend, hover preview and eigenvalues (beside or below the plot)."""
+        return pn.Column(self.legend, self.hover_pane, self.eigen_pane)
+
     def __panel__(self):
-        toolbox = pn.Row(self.analysis_select, self.category_select, self.embedding_select, self.clustering_select,
-                         self.x_select, self.y_select, self.color_select, css_classes=["rl-toolbox"])
         selection_bar = pn.Row(self.mode_buttons, self.clear_button, self.summary, align="center")
-        side = pn.Column(self.legend, self.hover_pane)
-        return pn.Column(toolbox, selection_bar, self.message, pn.Row(self.plot_pane, side),
-                         pn.Row(self.eigen_pane, pn.Column(pn.pane.Markdown("**Clusters**", margin=(0, 5)), self.cluster_buttons, width=460)))
+        return pn.Column(selection_bar, self.message, self.plot_pane,
+                         pn.Column(pn.pane.Markdown("**Clusters**", margin=(0, 5)), self.cluster_buttons, width=PLOT_WIDTH + 80))
 
     # ------------------------------------------------------------------------------------------------ state ↔ widgets
 
@@ -202,7 +212,7 @@ class EmbeddingView(ProjectViewer):
         names = {event.name for event in events}
         if names & set(self.VIEW_FIELDS):
             self.refresh(rebuild=True)
-        elif "selection" in names:
+        elif names & {"selection", *self.WIDGET_FIELDS}:
             self.refresh(rebuild=False)
 
     def refresh(self, rebuild: bool) -> None:
@@ -233,7 +243,10 @@ class EmbeddingView(ProjectViewer):
         self.analysis_select.options = {vs.virelay_analysis_name(a): a for a in project.analyses}
         self.analysis_select.value = s.analysis or None
         cats = vs.categories(project, s.analysis)
-        self.category_select.options = {(f"{name} ({c})" if name != c else c): c for c, name in cats.items()}
+        scores = self.data.category_scores(s.analysis)
+        if s.category_order == "suspicion" and scores:
+            cats = {c: cats[c] for c in sorted(cats, key=lambda c: -scores.get(c, -1.0))}
+        self.category_select.options = {category_label(c, name, scores.get(c)): c for c, name in cats.items()}
         self.category_select.value = s.category or None
         node = vs.category_node(project, s.analysis, s.category)
         self.embedding_select.options = vs.embeddings(node)
@@ -355,7 +368,7 @@ class EmbeddingView(ProjectViewer):
         if hit is None:
             return
         sample = int(self.points.sample[hit])
-        self.select(np.array([hit]), f"click {sample}", sample=sample)  # the clicked sample also opens in the layer view
+        self.select(np.array([hit]), f"click {sample}", sample=sample, tab="sample")  # and opens in the sample inspector
 
     # ------------------------------------------------------------------------------------------------ hover
 
@@ -389,6 +402,12 @@ class EmbeddingView(ProjectViewer):
         image = f'<img src="{html.escape(src)}" width="96" height="96" style="image-rendering: auto">'
         self.hover_pane.object = (f'<div class="rl-hover-sample" data-sample="{sample}">{image}<div><b>sample {sample}</b><br>'
                                   f"label: {html.escape(label)}<br>predicted: {html.escape(prediction)}</div></div>")
+
+
+def category_label(category: str, name: str, score: float | None) -> str:
+    """A category's entry in the list: its name, its key when that differs, and its suspicion score when known."""
+    text = f"{name} ({category})" if name != category else category
+    return f"{text} · {score:.2f}" if score is not None else text
 
 
 def legend_html(names: list[str], colors: list[str], counts: np.ndarray, title: str) -> str:

@@ -3,7 +3,9 @@ label and predicted label on the card (ViRelAy shows the prediction only on hove
 
 Only the current page's rows are read (labels, predictions; images are fetched by the browser per card), so a
 selection of a million samples costs what a page of 20 does. Cards are `<div class="rl-card" data-sample=".."
-data-cluster="..">` so browser tests and users' scripts can read them. Bad state (a sample index outside the dataset,
+data-cluster="..">` so browser tests and users' scripts can read them; a click on one opens the sample inspector, and
+hovering shows a larger image with labels and the top-5 stored outputs. Heatmaps and predictions are those of the
+state's attribution set (by default the one the analysis was computed from). Bad state (a sample index outside the dataset,
 an attribution set or clustering the project lacks) is shown as a message in the page, never as a traceback.
 """
 
@@ -19,6 +21,7 @@ import param
 
 from ..errors import RelaylabError
 from . import render
+from .clicks import ClickableHTML
 from .data import Clusters, ProjectData
 from .serve import image_url
 from .state import ViewState
@@ -28,7 +31,11 @@ log = logging.getLogger(__name__)
 
 CSS = """
 .rl-grid {display: flex; flex-wrap: wrap; gap: 10px;}
-.rl-card {width: var(--rl-px); font-size: 12px; line-height: 1.35;}
+.rl-card {width: var(--rl-px); font-size: 12px; line-height: 1.35; position: relative;}
+.rl-card .rl-tip {display: none; position: absolute; z-index: 20; top: 0; left: calc(100% + 4px); background: #fff;
+  border: 1px solid #999; box-shadow: 0 2px 6px rgba(0,0,0,.25); padding: 6px; width: 200px; pointer-events: none;}
+.rl-card:hover .rl-tip {display: block;}
+.rl-card .rl-tip img {border: none;}
 .rl-card img {display: block; border: 1px solid #ccc;}
 .rl-card .rl-missing {display: flex; align-items: center; justify-content: center; border: 1px dashed #bbb; color: #888;}
 .rl-card.rl-wrong .rl-prediction {color: #b00020; font-weight: 600;}
@@ -44,7 +51,6 @@ class SampleGrid(ProjectViewer):
     """A page of the state's selection as cards, with a pager ("page k of n", "N selected"). Selection, page, page
     size, mode, colour map, sampling and the clustering that labels the cards are the state's."""
 
-    attribution = param.String(None, allow_None=True, doc="attribution set for heatmaps and predictions; None: the first")
     display_px = param.Integer(render.VIRELAY_DISPLAY_PX, bounds=(8, 1024), doc="card image size in CSS pixels")
 
     def __init__(self, data: ProjectData, state: ViewState, **params):
@@ -52,7 +58,7 @@ class SampleGrid(ProjectViewer):
         self._previous = pn.widgets.Button(label="◀ previous", width=100, css_classes=["rl-page-previous"])
         self._next = pn.widgets.Button(label="next ▶", width=100, css_classes=["rl-page-next"])
         self._status = pn.pane.HTML("", css_classes=["rl-pager-status"])
-        self._cards = pn.pane.HTML("", sizing_mode="stretch_width", stylesheets=[CSS], css_classes=["rl-cards"])
+        self._cards = ClickableHTML(on_action=self._on_action, sizing_mode="stretch_width", stylesheets=[CSS], css_classes=["rl-cards"])
         self._previous.on_click(lambda event: self._turn(-1))
         self._next.on_click(lambda event: self._turn(+1))
         self._refresh()
@@ -73,6 +79,10 @@ class SampleGrid(ProjectViewer):
         start = self.current_page * self.state.page_size
         return list(self.state.selection[start:start + self.state.page_size])
 
+    def _on_action(self, action: str, sample: int) -> None:
+        if action == "inspect":  # a card was clicked: open it in the sample inspector
+            self.state.apply({"sample": sample, "tab": "sample"})
+
     def _turn(self, step: int) -> None:
         self.state.page = min(max(self.current_page + step, 0), self.pages - 1)
 
@@ -85,9 +95,9 @@ class SampleGrid(ProjectViewer):
 
     def _attribution(self) -> str | None:
         """The attribution set used (None for a project without any in input mode); RelaylabError for an unknown one."""
-        if self.state.mode == "input" and self.attribution is None and not self.project.attributions:
+        if self.state.mode == "input" and not self.project.attributions:
             return None
-        return render.attribution_set(self.project, self.attribution)
+        return render.attribution_set(self.project, self.data.attribution_of(self.state))
 
     def cards_html(self) -> str:
         """The page's cards, or a message saying what is wrong with the view."""
@@ -126,6 +136,7 @@ class SampleGrid(ProjectViewer):
         names = label_names(project.label_map)
         labels = project.inputs["label"].sel(sample=rows).values
         predicted: dict[int, int] = {}
+        top5: dict[int, list[int]] = {}
         attributed: set[int] = set()
         if attribution is not None:
             ds = project.attributions[attribution]
@@ -134,6 +145,7 @@ class SampleGrid(ProjectViewer):
             if present and "prediction" in ds:
                 scores = ds["prediction"].sel(sample=present).values
                 predicted = dict(zip(present, scores.argmax(axis=1).tolist()))
+                top5 = dict(zip(present, np.argsort(-scores, axis=1, kind="stable")[:, :5].tolist()))
         member_at = clusters.members.get_indexer(rows) if clusters is not None else None
         shaped = project.inputs if project.has_images or attribution is None else project.attributions[attribution]
         height, width = shaped.sizes.get("y", 1), shaped.sizes.get("x", 1)
@@ -158,22 +170,28 @@ class SampleGrid(ProjectViewer):
                 src = image_url(self.data, sample, state.mode, state.colormap, attribution)
                 picture = (f'<img src="{html.escape(src)}" width="{self.display_px}" height="{self.display_px}" '
                            f'style="image-rendering: {rendering}" alt="sample {sample}" loading="lazy">')
+            top = ", ".join(html.escape(names.get(c, f"class {c}")) for c in top5.get(sample, [])) or "—"
+            larger = picture.replace(f'width="{self.display_px}" height="{self.display_px}"', 'width="188" height="188"').replace(
+                ' loading="lazy"', "")  # shown on hover: the browser has the image by then (same URL)
+            tip = (f'<div class="rl-tip">{larger}'
+                   f"<b>#{sample}</b><br>true: {html.escape(true_name)}<br>predicted: {html.escape(pred_name)}<br>"
+                   f'top-5: <span class="rl-top5">{top}</span></div>')
             cards.append(
-                f'<div class="rl-card{" rl-wrong" if wrong else ""}" data-sample="{sample}" data-cluster="{data_cluster}" '
-                f'data-label="{html.escape(true_name)}" data-prediction="{html.escape(pred_name)}" title="predicted: {html.escape(pred_name)}">'
-                f"{picture}"
+                f'<div class="rl-card{" rl-wrong" if wrong else ""}" data-action="inspect" data-sample="{sample}" data-cluster="{data_cluster}" '
+                f'data-label="{html.escape(true_name)}" data-prediction="{html.escape(pred_name)}">'
+                f"{picture}{tip}"
                 f'<div class="rl-card-head"><b>#{sample}</b> · <span class="rl-cluster">{cluster_text}</span></div>'
                 f'<div class="rl-label">true: {html.escape(true_name)}</div>'
                 f'<div class="rl-prediction">predicted: {html.escape(pred_name)}</div></div>')
         return cards
 
     @param.depends("state.selection", "state.page", "state.page_size", "state.mode", "state.colormap", "state.sampling",
-                   "state.analysis", "state.category", "state.clustering", "attribution", "display_px", watch=True)
+                   "state.analysis", "state.category", "state.clustering", "state.attribution", "display_px", watch=True)
     def _refresh(self) -> None:
         self._status.object = self.status_html()
         self._previous.disabled = self.current_page == 0
         self._next.disabled = self.current_page >= self.pages - 1
-        self._cards.object = self.cards_html()
+        self._cards.html = self.cards_html()
 
     def __panel__(self):
         return pn.Column(pn.Row(self._previous, self._status, self._next, align="center"), self._cards, sizing_mode="stretch_width")

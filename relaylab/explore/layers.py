@@ -1,9 +1,10 @@
 """Per-layer inspection: pick a layer on a diagram of the model, a sample on that layer's activation embedding, and
-see the sample's predictions, CAM/LRP heatmaps and channel activations.
+see the sample's predictions and channel activations (its heatmaps are the sample inspector's, one click away).
 
 The picked layer and sample are the session's `ViewState` fields `layer` and `sample` (so share links carry them and
-a click on the analysis view opens the sample here); the inspector's own choices (explained label, CAM method, depth,
-channel order and channel, colour map) are its params, so tests can drive the view without a browser. The model and
+a click on any view opens the sample here too); the view's own choices (channel order and channel, colour map of the
+channels) are its params, so tests can drive the view without a browser. Channel thumbnails share one colour scale
+(the layer's largest |activation| for this sample), shown by a legend, so channels compare by brightness. The model and
 its explainer are the project's `ProjectData.explainer`, loaded once per process. Picking happens by clicking: the
 diagram and the embedding are HoloViews plots with `hv.streams.Tap`, the channel thumbnails a small JSComponent whose
 `channel` follows the click.
@@ -29,7 +30,8 @@ from PIL import Image
 from ..errors import RelaylabError
 from .colormaps import COLORMAPS
 from .data import ProjectData
-from .render import css_image_rendering, encode_png, heatmap_rgba, input_rgb, overlay_rgba
+from .render import css_image_rendering, encode_png, input_rgb
+from .serve import colormap_url
 from .state import ViewState
 from .view import ProjectViewer
 
@@ -37,10 +39,9 @@ log = logging.getLogger(__name__)
 
 CATEGORY = "all"  # the single category of an activation analysis (relaylab.analyze.activations)
 DATASHADE_ABOVE = 50_000  # points: beyond this the embedding is rendered by Datashader on the server
-IMAGE_PX = 192  # display size of the sample image and its heatmaps
+IMAGE_PX = 192  # display size of the sample image
 THUMB_PX = 72  # display size of a channel thumbnail
 THUMB_MAX = 64  # thumbnails are stored at most this many pixels wide (the zoom view shows full resolution)
-PREDICTED = -1  # the label Select's value for "the predicted class" (label None)
 
 
 def shows_errors(method):
@@ -133,14 +134,10 @@ class LayerInspector(ProjectViewer):
     """One project's model, layer by layer: diagram, activation embedding, and a picked sample's explanations. The
     inspected layer is the state's `layer` (None: `default_layer()`), the picked sample the state's `sample`."""
 
-    label = param.Integer(default=None, allow_None=True, doc="class the heatmaps explain; None = the predicted class")
-    cam_method = param.Selector(default="gradcam", objects=["gradcam", "layercam"], doc="CAM shown beside LRP")
-    depth = param.Integer(default=None, allow_None=True, bounds=(0, None),
-                          doc="index into the CAM layers, input → output; None = the deepest with a spatial extent")
     channel_order = param.Selector(default="score", objects=["score", "index"], doc="order of the channel thumbnails")
     channel = param.Integer(default=None, allow_None=True, doc="channel shown zoomable at full resolution")
     embedding = param.Selector(default=None, objects=[], allow_None=True, doc="embedding of the activation analysis")
-    colormap = param.Selector(default="bwr", objects=list(COLORMAPS), doc="colour map of heatmaps and activations")
+    colormap = param.Selector(default="bwr", objects=list(COLORMAPS), doc="colour map of the channel activations")
 
     def __init__(self, data: ProjectData, state: ViewState, **params):
         super().__init__(data, state, **params)
@@ -161,14 +158,10 @@ class LayerInspector(ProjectViewer):
         self.sample_info = pn.pane.Markdown("Click a point of the embedding to pick a sample.", width=380)
         self.image_pane = pn.pane.PNG(None, width=IMAGE_PX, height=IMAGE_PX)
         self.bars_pane = pn.pane.HoloViews(None, width=360, height=280, linked_axes=False)
-        self.cam_pane = pn.pane.PNG(None, width=IMAGE_PX, height=IMAGE_PX)
-        self.lrp_pane = pn.pane.PNG(None, width=IMAGE_PX, height=IMAGE_PX)
-        self.overlay_pane = pn.pane.PNG(None, width=IMAGE_PX, height=IMAGE_PX)
-        self.heatmap_title = pn.pane.Markdown("")
-        self.label_select = pn.widgets.Select(label="explained label", options={"predicted": PREDICTED}, value=PREDICTED, width=220)
-        self.label_select.param.watch(self._on_label_select, "value")
-        self.depth_slider = pn.widgets.IntSlider(label="depth", start=0, end=0, value=0, width=260)
-        self.depth_slider.link(self, value="depth", bidirectional=True)
+        self.inspect_button = pn.widgets.Button(label="Open in the sample inspector", width=230, css_classes=["rl-open-inspector"],
+                                                disabled=True)
+        self.inspect_button.on_click(lambda event: self.state.apply({"tab": "sample"}))
+        self.channel_legend = pn.pane.HTML("", css_classes=["rl-channel-legend"])
         self.channel_grid = ChannelGrid(sizing_mode="stretch_width")
         self.channel_grid.link(self, channel="channel", bidirectional=True)
         self.channel_title = pn.pane.Markdown("")
@@ -196,37 +189,14 @@ class LayerInspector(ProjectViewer):
         self.explainer = self.data.explainer
         self.layers = list(self.explainer.layers)
         self.cam_layers = list(self.explainer.cam_layers)
-        with param.parameterized.discard_events(self):
-            last = max(0, len(self.cam_layers) - 1)
-            self.param.depth.bounds = (0, last)
-            if self.depth is None or self.depth > last:
-                self.depth = self.default_depth()
-        self.depth_slider.param.update(start=0, end=last, value=self.depth, disabled=not self.cam_layers)
         self.class_names = dict(zip(self.project.label_map["class"].values.tolist(), map(str, self.project.label_map["name"].values)))
-        self.label_select.options = self._label_options()
 
     def default_layer(self) -> str:
         """The deepest layer with an activation embedding, else the deepest CAM layer, else the last layer."""
         analysed = [x["name"] for x in self.layers if f"activation-{x['name']}" in self.project.analyses]
         return (analysed or self.cam_layers or self.layer_names)[-1]
 
-    def default_depth(self) -> int:
-        """The last CAM layer that still has a spatial extent (a CAM of a 1×1 map shows nothing), else the last one."""
-        shapes = {x["name"]: x["output_shape"] for x in self.layers}
-        spatial = [i for i, name in enumerate(self.cam_layers) if math.prod(shapes[name][1:]) > 1]
-        return (spatial or [max(0, len(self.cam_layers) - 1)])[-1]
-
-    def _label_options(self) -> dict:
-        predicted = self.predicted_label
-        first = f"predicted ({self.class_names.get(predicted, predicted)})" if predicted is not None else "predicted"
-        return {first: PREDICTED, **{f"{c}: {n}": c for c, n in self.class_names.items()}}
-
     def _sections(self) -> list:
-        controls = pn.Row(
-            pn.widgets.RadioButtonGroup.from_param(self.param.cam_method),
-            self.label_select, self.depth_slider,
-            pn.widgets.Select.from_param(self.param.colormap, width=160),
-        )
         return [
             self.alert,
             pn.pane.Markdown("### Model — click a layer", margin=(0, 10)),
@@ -235,13 +205,12 @@ class LayerInspector(ProjectViewer):
                 pn.Column(pn.pane.Markdown("### Activation embedding — click a sample", margin=(0, 10)),
                           pn.widgets.Select.from_param(self.param.embedding, width=160),
                           self.embedding_note, self.embedding_pane, sizing_mode="stretch_width"),
-                pn.Column(self.sample_info, self.image_pane, self.bars_pane, width=400),  # fixed: the plot keeps its size
+                pn.Column(self.sample_info, self.inspect_button, self.image_pane, self.bars_pane, width=400),  # fixed: the plot keeps its size
                 sizing_mode="stretch_width",
             ),
-            pn.pane.Markdown("### Heatmaps", margin=(0, 10)), controls, self.heatmap_title,
-            pn.Row(pn.Column("CAM", self.cam_pane), pn.Column("CAM over the input", self.overlay_pane), pn.Column("LRP", self.lrp_pane)),
             pn.Row(pn.pane.Markdown("### Channel activations", margin=(0, 10)),
-                   pn.widgets.RadioButtonGroup.from_param(self.param.channel_order)),
+                   pn.widgets.RadioButtonGroup.from_param(self.param.channel_order),
+                   pn.widgets.Select.from_param(self.param.colormap, width=160), self.channel_legend),
             self.channel_title,
             pn.Row(self.zoom_pane, self.channel_grid, sizing_mode="stretch_width"),  # the grid wraps in what the zoom leaves
         ]
@@ -268,17 +237,6 @@ class LayerInspector(ProjectViewer):
     def layer_names(self) -> list[str]:
         return [x["name"] for x in self.layers]
 
-    @property
-    def predicted_label(self) -> int | None:
-        if self.sample is None or self.sample_problem():
-            return None
-        return int(self.explainer.predictions(self.sample, top=1)[0]["class"])
-
-    @property
-    def effective_label(self) -> int | None:
-        """The explained class: the chosen one, else the predicted one."""
-        return self.label if self.label is not None else self.predicted_label
-
     def layer_problem(self) -> str:
         if self.layer not in self.layer_names:
             return f"Unknown layer '{self.layer}'. The model's layers: {', '.join(self.layer_names)}."
@@ -292,15 +250,9 @@ class LayerInspector(ProjectViewer):
             return f"Unknown sample {self.sample}: this dataset's samples are {samples.min()}–{samples.max()}."
         return ""
 
-    def label_problem(self) -> str:
-        classes = self.project.label_map["class"].values
-        if self.label is not None and self.label not in classes:
-            return f"Unknown label {self.label}: the classes are {classes.min()}–{classes.max()}."
-        return ""
-
     def _show_problems(self) -> bool:
         """Show what is wrong with the picked layer/sample/label; True when all is well."""
-        problems = [p for p in (self.layer_problem(), self.sample_problem(), self.label_problem()) if p]
+        problems = [p for p in (self.layer_problem(), self.sample_problem()) if p]
         self.alert.object = " ".join(problems)
         self.alert.visible = bool(problems)
         return not problems
@@ -323,23 +275,16 @@ class LayerInspector(ProjectViewer):
         self._draw_embedding()
         self._draw_channels()
 
-    @param.depends("state.sample", "label", watch=True)
+    @param.depends("state.sample", watch=True)
     @shows_errors
     def _on_sample(self) -> None:
         if self.explainer is not None:
             self._draw_sample()
 
-    @param.depends("cam_method", "depth", watch=True)
-    @shows_errors
-    def _on_heatmap_choice(self) -> None:
-        if self.explainer is not None and self._show_problems():
-            self._draw_heatmaps()
-
     @param.depends("colormap", watch=True)
     @shows_errors
     def _on_colormap(self) -> None:
         if self.explainer is not None and self._show_problems():
-            self._draw_heatmaps()
             self._draw_channels()
 
     @param.depends("channel_order", watch=True)
@@ -474,13 +419,13 @@ class LayerInspector(ProjectViewer):
         self.state.sample = int(self._point_samples[np.argmin(distance)])
 
     def _draw_sample(self) -> None:
-        """Image, labels, top-10 predictions, heatmaps and channel activations of the picked sample."""
+        """Image, labels, top-10 predictions and channel activations of the picked sample."""
         self.marker_pipe.send(self._marker_points())
         ok = self._show_problems()
         if self.sample is None or not ok:
             self.sample_info.object = "Click a point of the embedding to pick a sample." if ok else ""
-            for pane in (self.image_pane, self.cam_pane, self.overlay_pane, self.lrp_pane):
-                pane.object = None
+            self.inspect_button.disabled = True
+            self.image_pane.object = None
             self.bars_pane.object = None
             self.channel_grid.items = []
             self.zoom_pane.object = None
@@ -496,38 +441,8 @@ class LayerInspector(ProjectViewer):
         bars = hv.Bars([(f"{p['class']}: {p['name']}", p["score"]) for p in top[::-1]], kdims=["class"], vdims=["probability"])
         self.bars_pane.object = bars.opts(invert_axes=True, width=360, height=280, title="top-10 predictions", color="#4c72b0",
                                           xlabel="", tools=["hover"], toolbar=None)
-        self.label_select.param.update(options=self._label_options(), value=PREDICTED if self.label is None else self.label)
-        self._draw_heatmaps()
+        self.inspect_button.disabled = False
         self._draw_channels()
-
-    @shows_errors
-    def _on_label_select(self, event) -> None:
-        label = None if event.new in (None, PREDICTED) else event.new
-        if self.explainer is not None and label != self.label:
-            self.label = label
-
-    def _draw_heatmaps(self) -> None:
-        """CAM of the chosen method at the chosen depth (alone and over the input), and LRP, all for the explained
-        label."""
-        label = self.effective_label
-        if self.sample is None or label is None:
-            return
-        names = self.class_names
-        lrp = self.explainer.lrp(self.sample, label)
-        self.lrp_pane.param.update(object=encode_png(heatmap_rgba(lrp, self.colormap)),
-                                   stylesheets=pixel_css(lrp.shape[-2], lrp.shape[-1]))
-        if not self.cam_layers:
-            self.cam_pane.object = self.overlay_pane.object = None
-            self.heatmap_title.object = f"Heatmaps for **{names.get(label, label)}**; the model has no layer usable for CAMs."
-            return
-        cam_layer = self.cam_layers[self.depth]
-        cam = self.explainer.cam(self.sample, label, cam_layer, method=self.cam_method)
-        self.cam_pane.param.update(object=encode_png(heatmap_rgba(cam, self.colormap)),
-                                   stylesheets=pixel_css(cam.shape[-2], cam.shape[-1]))
-        self.overlay_pane.param.update(object=encode_png(overlay_rgba(input_rgb(self.project, self.sample), cam, self.colormap)),
-                                       stylesheets=pixel_css(cam.shape[-2], cam.shape[-1]))
-        self.heatmap_title.object = (f"Heatmaps for **{label}: {names.get(label, label)}** — {self.cam_method} at depth "
-                                     f"{self.depth} of {len(self.cam_layers) - 1} (layer `{cam_layer}`)")
 
     def channel_activations(self) -> tuple[np.ndarray, np.ndarray]:
         """The picked sample's activations at the picked layer, as (C, h, w), with the per-channel scores."""
@@ -550,6 +465,7 @@ class LayerInspector(ProjectViewer):
         acts, scores = self.channel_activations()
         if acts.shape[1] * acts.shape[2] == 1:  # a flat layer: units, not feature maps
             self.channel_grid.items = []
+            self.channel_legend.object = ""
             units = acts.reshape(-1)
             width = math.ceil(math.sqrt(units.size))
             grid = np.full(width * math.ceil(units.size / width), np.nan, dtype=np.float32)
@@ -558,8 +474,11 @@ class LayerInspector(ProjectViewer):
             self.zoom_pane.object = self._zoomable(grid.reshape(-1, width), f"{self.layer}: units")
             return
         order = self.channel_order_of(scores)
-        self.channel_grid.items = [{"channel": int(c), "score": float(scores[c]), "src": thumbnail(heatmap_rgba(acts[c], self.colormap))}
-                                   for c in order]
+        peak = float(np.abs(acts).max(initial=0.0)) or 1.0  # one scale for every channel of the layer
+        self.channel_grid.items = [{"channel": int(c), "score": float(scores[c]),
+                                    "src": thumbnail(COLORMAPS[self.colormap](np.clip(acts[c] / peak, -1, 1)))} for c in order]
+        self.channel_legend.object = (f'<span class="rl-scale" data-peak="{peak:.6g}" style="font-size:11px">−{peak:.3g} '
+                                      f'<img src="{colormap_url(self.colormap, 120, 10)}" width="120" height="10"> +{peak:.3g}</span>')
         self.channel_title.object = (f"`{self.layer}`: {acts.shape[0]} channels of {acts.shape[1]}×{acts.shape[2]}, "
                                      f"by {'entropy × magnitude score' if self.channel_order == 'score' else 'index'}; click one to zoom")
         self._draw_zoom()

@@ -34,7 +34,6 @@ MAX_LINK_RANGES = 2000  # a selection needing more ranges is left out of share l
 MAX_PINNED = 12  # samples side by side in the inspector
 CATEGORY_ORDERS = ("index", "suspicion")
 TABS = ("analysis", "sample", "layers", "compare")
-CAM_METHODS = ("gradcam", "layercam", "focus_layercam")  # relaylab.explain.cam.METHODS, without importing torch
 LRP_COMPOSITES = ("epsilon_plus_flat", "epsilon_plus", "epsilon_alpha2_beta1_flat", "epsilon_alpha2_beta1", "epsilon_gamma_box")
 DEFAULT_COMPOSITE = "epsilon_plus_flat"
 
@@ -72,13 +71,12 @@ KEYS = (
     Key("compare", "compareCategory", "relaylab.compareCategory"),
     Key("tab", "tab", "relaylab.tab"),
     Key("label", "explainedLabel", "relaylab.explainedLabel", "optional int"),
-    Key("cam_method", "camMethod", "relaylab.camMethod"),
     Key("depth", "camDepth", "relaylab.camDepth", "optional int"),
     Key("composite", "lrpComposite", "relaylab.lrpComposite"),
     Key("inspector_colormap", "inspectorColorMap", "relaylab.inspectorColorMap"),
 )
-NEWER_FIELDS = frozenset({"attribution", "pinned", "category_order", "compare", "tab", "label", "cam_method", "depth",
-                          "composite", "inspector_colormap"})  # links carry these only when not at their defaults
+NEWER_FIELDS = frozenset({"attribution", "pinned", "category_order", "compare", "tab", "label", "depth", "composite",
+                          "inspector_colormap"})  # links carry these only when not at their defaults
 QUERY_KEYS = frozenset({"project", *(k.query for k in KEYS)})  # what makes a URL a share link
 
 
@@ -107,14 +105,13 @@ class ViewState(param.Parameterized):
     compare = param.String("", doc="second category shown beside the first in the compare tab ('' = none)")
     tab = param.Selector(default="analysis", objects=list(TABS), doc="the main area's tab")
     label = param.Integer(None, allow_None=True, doc="class the inspector's heatmaps explain; None = the predicted class")
-    cam_method = param.Selector(default="gradcam", objects=list(CAM_METHODS), doc="CAM the layer inspector shows")
-    depth = param.Integer(None, allow_None=True, bounds=(0, None), doc="index into the CAM layers, input → output; None = the deepest spatial one")
+    depth = param.Integer(None, allow_None=True, bounds=(0, None), doc="CAM layer of the inspector (index, input → output); None = the deepest spatial one")
     composite = param.Selector(default=DEFAULT_COMPOSITE, objects=list(LRP_COMPOSITES), doc="LRP composite of the inspector")
     inspector_colormap = param.String("", doc="colour map of the inspector's heatmaps; '' = follow `colormap`")
 
     FIELDS = ("project", "analysis", "category", "embedding", "clustering", "x_dim", "y_dim", "color_by", "selection",
               "mode", "colormap", "sampling", "page", "page_size", "layer", "sample", "attribution", "pinned",
-              "category_order", "compare", "tab", "label", "cam_method", "depth", "composite", "inspector_colormap")
+              "category_order", "compare", "tab", "label", "depth", "composite", "inspector_colormap")
 
     def values(self) -> dict:
         return {name: getattr(self, name) for name in self.FIELDS}
@@ -279,10 +276,16 @@ def default_analysis(project: Project) -> str:
 
 
 def categories(project: Project, analysis: str) -> dict[str, str]:
-    """Category name → human-readable name (the label map's class name), in file order."""
+    """Category name → human-readable name (the label map's class name), in class-index order (categories the label
+    map does not name, e.g. of a predicted-label grouping it lacks, after them by name)."""
     if analysis not in project.analyses:
         return {}
-    return {c: str(node.attrs.get("display_name", c)) for c, node in project.analyses[analysis].children.items()}
+    children = project.analyses[analysis].children
+    label_map = project.label_map
+    known = [str(c) for c in label_map["category"].values] if "category" in label_map.coords else []
+    order = {c: i for i, c in enumerate(known)}
+    names = sorted(children, key=lambda c: (order.get(c, len(order)), c))
+    return {c: str(children[c].attrs.get("display_name", c)) for c in names}
 
 
 def category_node(project: Project, analysis: str, category: str) -> xr.DataTree | None:
@@ -405,8 +408,7 @@ def checked_values(given: dict, project: Project | None, file: str, keys: dict[s
     if values["colormap"] not in COLORMAPS:
         problem("colormap", "one of the colour maps: " + ", ".join(COLORMAPS), values["colormap"])
     values["selection"] = sorted({int(i) for i in values["selection"]})
-    for field, allowed in (("category_order", CATEGORY_ORDERS), ("tab", TABS), ("cam_method", CAM_METHODS),
-                           ("composite", LRP_COMPOSITES)):
+    for field, allowed in (("category_order", CATEGORY_ORDERS), ("tab", TABS), ("composite", LRP_COMPOSITES)):
         if values[field] not in allowed:
             problem(field, "one of " + ", ".join(allowed), values[field])
     if values["inspector_colormap"] not in ("", *COLORMAPS):
