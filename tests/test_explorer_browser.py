@@ -153,8 +153,8 @@ def open_explorer(page, url: str) -> float:
     """Load the page until the embedding is drawn; the seconds it took."""
     started = time.perf_counter()
     page.goto(url)
-    page.locator(".rl-embedding-plot canvas").first.wait_for()
-    page.locator(".rl-selected").first.wait_for()
+    page.locator(".rl-embedding-plot canvas").first.wait_for(state="attached")  # drawn, if maybe in a hidden tab
+    page.locator(".rl-selected").first.wait_for(state="attached")
     return time.perf_counter() - started
 
 
@@ -201,6 +201,24 @@ def origin(url: str) -> str:
     return url.split("/explorer")[0]
 
 
+def choose_category(page, key: str) -> None:
+    """Pick a category by its key; the list shows names and scores around it (e.g. "class 2 (n00000002) · 0.41")."""
+    value = page.locator(".rl-category option").filter(has_text=f"({key})").first.get_attribute("value")
+    page.locator(".rl-category select").select_option(value=value)
+
+
+def figure_pixels(page, kind: str, sample: int) -> np.ndarray:
+    """The RGBA pixels of one figure of the sample inspector (its PNG data URI, decoded)."""
+    from relaylab.explore.layers import png_array
+
+    figure = page.locator(f'.rl-explanation[data-kind="{kind}"][data-sample="{sample}"] img').first
+    return png_array(base64.b64decode(figure.get_attribute("src").split(",", 1)[1]))
+
+
+def open_tab(page, name: str) -> None:
+    page.locator(".rl-main-tabs .bk-tab", has_text=name).click()
+
+
 # ------------------------------------------------------------------------------------------------ tests
 
 
@@ -213,7 +231,7 @@ def test_tabs_analysis_and_category(page, server, artifacts):
     expect(page.locator(".rl-share input")).to_have_value(re.compile(r"project=zarr-fixture"))
     page.locator(".rl-analysis select").select_option(label="second-analysis")
     expect(page.locator(".rl-share input")).to_have_value(re.compile(r"analysisMethod=second-analysis"))
-    page.locator(".rl-category select").select_option(value="class 2 (n00000002)")
+    choose_category(page, "n00000002")
     # the last category has no t-SNE: the view falls back to the spectral embedding and offers its dimensions
     expect(page.locator(".rl-share input")).to_have_value(re.compile(r"analysisCategory=n00000002&embedding=spectral"))
     expect(page.locator(".rl-x-dim select")).to_be_visible()
@@ -306,7 +324,7 @@ def test_export_reload_import_restores_the_selection(page, server, tmp_path):
 def test_share_link_restores_the_view_in_another_session(page, browser, server, artifacts):
     open_explorer(page, server)
     page.locator(".bk-tab", has_text="zarr-fixture").click()
-    page.locator(".rl-category select").select_option(value="class 1 (n00000001)")
+    choose_category(page, "n00000001")
     page.locator(".rl-color-by select").select_option("correct")
     # the cluster buttons are rebuilt with the view: wait for it before reading one
     expect(page.locator(".rl-share input")).to_have_value(re.compile(r"analysisCategory=n00000001.*colorBy=correct"))
@@ -357,7 +375,7 @@ def test_demo_artifact_colouring_and_the_layer_view_follow_the_link(page, demo_s
         category = max(counts, key=counts.get)
         members = np.asarray(tree[category]["index"].values)
     sample = int(members[np.flatnonzero(artifact[members])[0]])
-    seconds = open_explorer(page, f"{url}?analysisCategory={category}&colorBy=artifact&sample={sample}&layer=features.3")
+    seconds = open_explorer(page, f"{url}?analysisCategory={category}&colorBy=artifact&sample={sample}&layer=features.3&tab=layers")
     print(f"demo page load {seconds:.2f} s")
     legend = " ".join(page.locator(".rl-legend-item").all_inner_texts())
     assert f"artifact ({counts[category]})" in legend and f"no artifact ({len(members) - counts[category]})" in legend
@@ -445,6 +463,7 @@ def test_demo_click_a_layer_and_a_sample_shows_the_per_layer_panels(page, demo_s
         logits = project.attributions["lrp"]["prediction"].values
         names = dict(zip(project.label_map["class"].values.tolist(), map(str, project.label_map["name"].values)))
     open_explorer(page, url)
+    open_tab(page, "Layers")
     first = picked_box(page)
     target = next(x for x in analysed if x["name"] != first)  # a conv layer with an activation embedding, not the one shown
     page.screenshot(path=artifacts / "demo-inspector-1-loaded.png", full_page=True)
@@ -482,23 +501,161 @@ def test_demo_click_a_layer_and_a_sample_shows_the_per_layer_panels(page, demo_s
     bars = figure_rows(page, "HBar", "probability", "top-10 predictions")["rows"]
     assert sorted((row["probability"] for row in bars), reverse=True) == pytest.approx(probabilities[top], abs=1e-4)
     assert {row["class"] for row in bars} == {f"{c}: {names[int(c)]}" for c in top}
-
-    image, *heatmaps = shown_pngs(page)
-    np.testing.assert_array_equal(image[..., :3], np.repeat(inputs[sample][0][..., None], 3, axis=2))  # the clicked sample
-    assert len(heatmaps) == 3 and all(heatmap.shape[:2] == inputs.shape[-2:] for heatmap in heatmaps)  # CAM, CAM over the input, LRP
-    _, overlay, lrp = heatmaps  # a CAM may be blank (ReLU of negative evidence); the overlay shows the input, LRP the digit
-    assert all(varied(heatmap) for heatmap in (overlay, lrp))
     numbers = sorted(int(c) for c in channels.evaluate_all("cards => cards.map(card => card.dataset.channel)"))
     assert numbers == list(range(target["output_shape"][0]))
     assert all(src.startswith("data:image/png") for src in channels.locator("img").evaluate_all("imgs => imgs.map(img => img.src)"))
     expect(page.get_by_text(f"{target['name']}: {target['output_shape'][0]} channels of")).to_be_visible()
+    expect(page.locator(".rl-channel-legend .rl-scale")).to_have_count(1)  # one colour scale for all thumbnails
 
-    # LayerCAM weighs positive gradients only, so on the ReLU'd maps it marks where the predicted digit's evidence is
-    cam_img = page.locator('img[src^="data:image/png"]').nth(1)  # after the sample image
-    gradcam_src = cam_img.get_attribute("src")
-    page.locator("button", has_text=re.compile(r"^layercam$")).click()
-    expect(page.get_by_text("layercam at depth")).to_be_visible()
-    expect(cam_img).not_to_have_attribute("src", gradcam_src)
-    cam = shown_pngs(page)[1]
-    assert cam.shape == heatmaps[0].shape and varied(cam) and not np.array_equal(cam, heatmaps[0])
-    page.screenshot(path=artifacts / "demo-inspector-4-layercam.png", full_page=True)
+    # the sample opens in the sample inspector: its image and every explanation
+    page.locator(".rl-open-inspector button").click()
+    page.locator(f'.rl-explanation[data-kind="lrp"][data-sample="{sample}"]').wait_for()
+    np.testing.assert_array_equal(figure_pixels(page, "input", sample)[..., :3], np.repeat(inputs[sample][0][..., None], 3, axis=2))
+    page.screenshot(path=artifacts / "demo-inspector-4-sample-inspector.png", full_page=True)
+
+
+# ------------------------------------------------------------------------------------------------ second generation: one screen
+
+
+def artifact_facts(store) -> tuple[str, np.ndarray, np.ndarray]:
+    """The demo's planted class (its category key), its members and the artifact flag of every sample."""
+    with open_project(store) as project:
+        artifact = np.asarray(project.inputs["artifact"].values)
+        tree = project.analyses["spectral_analysis"]
+        counts = {c: int(artifact[np.asarray(node["index"].values)].sum()) for c, node in tree.children.items()}
+        category = max(counts, key=counts.get)
+        return category, np.asarray(tree[category]["index"].values), artifact
+
+
+@pytest.mark.parametrize("width, height", [(1600, 1000), (1280, 800)])
+def test_main_workflow_fits_one_screen(browser, demo_server, artifacts, width, height):
+    """Pick a category, select a cluster, look at the cards: no page scrolling at 1600 × 1000; at 1280 × 800 the plot
+    and the first cards are still side by side inside the window's width."""
+    url, _ = demo_server
+    context = browser.new_context(viewport={"width": width, "height": height})
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    try:
+        open_explorer(page, url)
+        size = click_cluster(page, 1)
+        wait_cards(page, min(size, 20))
+        page.wait_for_timeout(500)
+        page.screenshot(path=artifacts / f"one-screen-{width}x{height}.png")
+        plot, card = plot_box(page), page.locator(".rl-card").first.bounding_box()
+        assert card["x"] >= plot["x"] + plot["width"] - 40 and card["x"] + card["width"] <= width  # beside the plot, in view
+        assert card["y"] < plot["y"] + plot["height"]
+        scroll_height = page.evaluate("document.documentElement.scrollHeight")
+        print(f"{width}×{height}: page height {scroll_height} px")
+        if (width, height) == (1600, 1000):
+            assert scroll_height <= height
+    finally:
+        context.close()
+
+
+def test_demo_card_click_opens_the_sample_inspector(page, demo_server, artifacts):
+    """A click on a card opens the inspector on that sample: its input equals the store's pixels; the stored heatmap,
+    the three CAMs, guided backprop, guided Grad-CAM and LRP are all drawn, none blank and none equal to another."""
+    url, store = demo_server
+    category, members, _ = artifact_facts(store)
+    open_explorer(page, f"{url}?analysisCategory={category}")
+    wait_cards(page, min(click_cluster(page, 1), 20))
+    card = page.locator(".rl-card").nth(1)
+    sample = int(card.get_attribute("data-sample"))
+    started = time.perf_counter()
+    card.click()
+    page.locator(f'.rl-explanation[data-kind="lrp"][data-sample="{sample}"]').wait_for()
+    print(f"card click → inspector complete {time.perf_counter() - started:.2f} s (first: the model loads)")
+    with open_project(store) as project:
+        image = np.asarray(project.inputs["input"].sel(sample=sample).values)
+    np.testing.assert_array_equal(figure_pixels(page, "input", sample)[..., :3], np.repeat(image[0][..., None], 3, axis=2))
+    kinds = ["stored:lrp", "gradcam", "layercam", "focus_layercam", "guided_backprop", "guided_gradcam", "lrp"]
+    shown = {kind: figure_pixels(page, kind, sample) for kind in kinds}
+    # the stored set is LRP epsilon_plus_flat of the true label: for a correctly predicted sample it is the live LRP
+    same = {("stored:lrp", "lrp")}
+    for i, kind in enumerate(kinds):
+        assert varied(shown[kind]), kind
+        assert all(not np.array_equal(shown[kind], shown[other]) for other in kinds[i + 1:] if (kind, other) not in same), kind
+    expect(page.locator(f'.rl-inspect-row[data-sample="{sample}"] .rl-top tr')).to_have_count(10)
+    assert share_query(page)["sample"] == str(sample) and share_query(page)["tab"] == "sample"
+    page.screenshot(path=artifacts / "sample-inspector.png")
+    # a second card, after the first: the explanations of a new sample, timed
+    open_tab(page, "Analysis")
+    other = page.locator(".rl-card").nth(2)
+    second = int(other.get_attribute("data-sample"))
+    started = time.perf_counter()
+    other.click()
+    page.locator(f'.rl-explanation[data-kind="lrp"][data-sample="{second}"]').wait_for()
+    print(f"card click → inspector complete {time.perf_counter() - started:.2f} s (model loaded)")
+
+
+def test_attribution_set_switch_changes_the_grid(page, demo_server):
+    url, _ = demo_server
+    open_explorer(page, url)
+    wait_cards(page, min(click_cluster(page), 20))
+    page.locator(".rl-mode button", has_text=re.compile(r"^attribution$")).click()
+    expect(page.locator(".rl-card img").first).to_have_attribute("src", re.compile(r"attribution=lrp"))  # the analysed set
+    base = origin(url)
+    src, before = image_bytes(page, base)
+    page.locator(".rl-attribution select").select_option(value="saliency")
+    expect(page.locator(".rl-card img").first).to_have_attribute("src", re.compile(r"attribution=saliency"))
+    after_src, after = image_bytes(page, base)
+    assert after_src != src and after != before
+    expect(page.locator(".rl-share input")).to_have_value(re.compile(r"attribution=saliency"))
+
+
+def test_suspicion_sort_puts_the_planted_class_first(page, demo_server):
+    url, store = demo_server
+    category, _, _ = artifact_facts(store)
+    open_explorer(page, url)
+    first = page.locator(".rl-category option").first
+    assert f"({category})" not in first.inner_text()  # class-index order: digit 0 first
+    page.locator(".rl-category-order button", has_text="suspicion").click()
+    expect(page.locator(".rl-category option").first).to_contain_text(f"({category})")
+    scores = [float(text.rsplit("·", 1)[1]) for text in page.locator(".rl-category option").all_inner_texts()]
+    assert scores == sorted(scores, reverse=True)
+    expect(page.locator(".rl-share input")).to_have_value(re.compile(r"categoryOrder=suspicion"))
+
+
+def test_pinned_samples_survive_a_category_switch(page, demo_server, artifacts):
+    url, store = demo_server
+    category, members, _ = artifact_facts(store)
+    open_explorer(page, url)
+    wait_cards(page, min(click_cluster(page), 20))
+    card = page.locator(".rl-card").first
+    pinned = int(card.get_attribute("data-sample"))
+    card.click()
+    page.locator(".rl-pin button").click()
+    expect(page.locator(".rl-share input")).to_have_value(re.compile(rf"pinned={pinned}(&|$)"))
+    open_tab(page, "Analysis")
+    choose_category(page, category)
+    expect(page.locator(".rl-share input")).to_have_value(re.compile(rf"analysisCategory={category}&"))
+    click_cluster(page)
+    card = page.locator(".rl-card").first
+    expect(card).to_have_attribute("data-sample", re.compile("^(" + "|".join(map(str, members)) + ")$"))  # this category's cards
+    sample = int(card.get_attribute("data-sample"))
+    card.click()
+    rows = page.locator(".rl-inspect-row")
+    expect(rows).to_have_count(2)
+    assert [int(r) for r in rows.evaluate_all("rows => rows.map(r => r.dataset.sample)")] == [sample, pinned]
+    page.screenshot(path=artifacts / "pinned.png")
+    page.locator(f'.rl-unpin[data-sample="{pinned}"]').click()
+    expect(rows).to_have_count(1)
+
+
+def test_virelay_project_card_click_opens_the_inspector(page, server, projects):
+    """A ViRelAy-format project (no model): the inspector shows the input as stored and every attribution set's heatmap."""
+    yaml_path, _ = projects
+    open_explorer(page, server)
+    wait_cards(page, min(click_cluster(page), 20))
+    card = page.locator(".rl-card").first
+    sample = int(card.get_attribute("data-sample"))
+    card.click()
+    page.locator(f'.rl-explanation[data-kind="input"][data-sample="{sample}"]').wait_for()
+    from relaylab.explore.render import input_rgb
+
+    with open_project(yaml_path) as project:
+        np.testing.assert_array_equal(figure_pixels(page, "input", sample)[..., :3], input_rgb(project, sample))
+        names = list(project.attributions)
+    for name in names:
+        assert varied(figure_pixels(page, f"stored:{name}", sample))
+    expect(page.locator(".rl-inspector-note")).to_contain_text("records no model")

@@ -243,6 +243,31 @@ class ExplorerApp(pn.viewable.Viewer):
         return pn.Column(header, self.alert, self.tabs, self.footer, sizing_mode="stretch_width", stylesheets=[STYLE])
 
 
+class Explorer(pn.viewable.Viewer):
+    """The explorer of one or more projects as a Panel component: the same tabs, views and ViewState that `relaylab
+    serve` serves, shown in a Jupyter notebook cell (`pn.extension()` first), put in a layout, or `.servable()`.
+
+        import panel as pn
+        from relaylab.explore import Explorer
+        pn.extension()
+        Explorer("project.zarr")  # or a ViRelAy project.yaml, or a list of them
+
+    `app.views[i].state` is each project's ViewState, to read or set from code. Without a Bokeh server (a notebook),
+    sample images travel as data URIs instead of the server's image routes."""
+
+    def __init__(self, projects: str | os.PathLike | list[str | os.PathLike], **params):
+        super().__init__(**params)
+        paths = [projects] if isinstance(projects, str | os.PathLike) else list(projects)
+        self.app = ExplorerApp([Path(p) for p in paths])
+
+    @property
+    def views(self) -> list[ProjectView]:
+        return self.app.views
+
+    def __panel__(self):
+        return self.app.__panel__()
+
+
 def build_app(projects: list[str | os.PathLike], message: str | None = None) -> pn.viewable.Viewable:
     """The explorer for one browser session (call it per session: nothing in it is shared with other sessions).
     `message` is shown when `projects` is empty (why there are none)."""

@@ -244,9 +244,13 @@ class EmbeddingView(ProjectViewer):
         self.analysis_select.value = s.analysis or None
         cats = vs.categories(project, s.analysis)
         scores = self.data.category_scores(s.analysis)
-        if s.category_order == "suspicion" and scores:
+        ranked = s.category_order == "suspicion" and bool(scores)
+        if ranked:
             cats = {c: cats[c] for c in sorted(cats, key=lambda c: -scores.get(c, -1.0))}
-        self.category_select.options = {category_label(c, name, scores.get(c)): c for c, name in cats.items()}
+        # ranked entries start with their rank: the labels change with the order (a Select compares its options as a
+        # dict, order-blind, and would not redraw a list that was only re-ordered)
+        self.category_select.options = {f"{f'#{i} ' if ranked else ''}{category_label(c, name, scores.get(c))}": c
+                                        for i, (c, name) in enumerate(cats.items(), 1)}
         self.category_select.value = s.category or None
         node = vs.category_node(project, s.analysis, s.category)
         self.embedding_select.options = vs.embeddings(node)
