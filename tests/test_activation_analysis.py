@@ -9,7 +9,7 @@ import zarr
 from sklearn.model_selection import cross_val_score
 from sklearn.neighbors import KNeighborsClassifier
 
-from relaylab.analyze.activations import analyze_activations
+from relaylab.analyze.activations import INPUT, analyze_activations, compute_map
 from relaylab.data import store as zstore
 from relaylab.data.convert import convert_to_zarr
 from relaylab.data.project import open_project
@@ -128,3 +128,31 @@ def test_the_cli_writes_the_per_layer_maps_and_reports_unknown_layers(store, cli
     tree = zstore.open_analysis(path, "activation-classifier.1")
     points = tree["all/embedding/pca"]["embedding"].values
     assert points.shape == (N, 2) and knn_accuracy(points, labels) > 0.9
+
+
+def test_maps_on_demand_take_perplexity_and_a_seeded_subset_and_are_kept(store):
+    """compute_map: a seeded subset of the samples, the perplexity asked for, progress from 0 to 1, written once and
+    reused; the raw inputs map like a layer; an unknown layer or a tiny subset is a RelaylabError naming it."""
+    path, labels, layers = store
+    heard = []
+    name = compute_map(path, "features.3", perplexity=10, subset=50, activation_set="acts", on_progress=heard.append)
+    assert name == "activation-features.3--tsne-p10-n50"
+    assert heard[-1] == 1.0 and heard == sorted(heard) and len(heard) > 10
+    node = zstore.open_analysis(path, name)["all"]
+    members = np.asarray(node["index"].values)
+    assert len(members) == 50 and len(set(members.tolist())) == 50 and members.max() < N
+    assert node["embedding"]["tsne"]["embedding"].shape == (50, 2)
+    meta = zstore.read_group_meta(path, f"analyses/{name}")
+    assert meta["status"] == "complete" and meta["perplexity"] == 10 and meta["subset"] == 50
+    before = len(heard)
+    again = compute_map(path, "features.3", perplexity=10, subset=50, activation_set="acts", on_progress=heard.append)
+    assert again == name and len(heard) == before  # reused: nothing computed, no progress to report
+    assert np.array_equal(zstore.open_analysis(path, name)["all"]["index"].values, members)  # the same seeded subset
+    other = compute_map(path, "features.3", perplexity=90, activation_set="acts")
+    assert other != name and zstore.open_analysis(path, other)["all"]["index"].size == N  # all samples
+    raw = compute_map(path, INPUT, perplexity=30, subset=100)
+    assert zstore.open_analysis(path, raw)["all"]["embedding"]["tsne"]["embedding"].shape == (100, 2)
+    with pytest.raises(RelaylabError, match="no such layer"):
+        compute_map(path, "nope", activation_set="acts")
+    with pytest.raises(RelaylabError, match="at least 3 samples"):
+        compute_map(path, "features.3", subset=2, activation_set="acts")

@@ -279,9 +279,14 @@ def test_box_select_then_hover_and_click_a_point(page, server, projects, artifac
     hover = page.locator(f'.rl-hover-sample[data-sample="{sample}"]').first
     hover.wait_for()
     assert hover.locator("img").count() == 1
+    with open_project(projects[0]) as project:  # the preview's top-5: the stored outputs of the analysed set
+        scores = next(iter(project.attributions.values()))["prediction"].sel(sample=sample).values
+        names = dict(zip(project.label_map["class"].values.tolist(), map(str, project.label_map["name"].values)))
+    assert hover.locator(".rl-top5").inner_text() == ", ".join(names[int(c)] for c in np.argsort(-scores, kind="stable")[:5])
     page.mouse.click(float(px[pick]), float(py[pick]))
     expect(page.locator(".rl-selected").first).to_have_attribute("data-geometry", f"click {sample}")
     assert wait_cards(page, 1) == [sample]
+    page.locator(f'.rl-explanation[data-kind="input"][data-sample="{sample}"]').wait_for()  # the click opened the inspector
 
 
 def test_display_mode_and_colour_map_change_the_images(page, server, artifacts):
@@ -659,3 +664,19 @@ def test_virelay_project_card_click_opens_the_inspector(page, server, projects):
     for name in names:
         assert varied(figure_pixels(page, f"stored:{name}", sample))
     expect(page.locator(".rl-inspector-note")).to_contain_text("records no model")
+
+
+def test_compare_two_categories_side_by_side(page, demo_server, artifacts):
+    """The compare tab from a link: the first category and the planted one, two plots on one row, different points."""
+    url, store = demo_server
+    category, _, _ = artifact_facts(store)
+    open_explorer(page, f"{url}?tab=compare&compareCategory={category}")
+    sides = [page.locator(f".rl-compare-{side}") for side in ("left", "right")]
+    for side in sides:
+        side.locator("canvas").first.wait_for()
+    page.wait_for_timeout(500)
+    left, right = (side.bounding_box() for side in sides)
+    assert right["x"] >= left["x"] + left["width"] - 1 and abs(left["y"] - right["y"]) < 5
+    assert sides[0].screenshot() != sides[1].screenshot()
+    expect(page.locator(".rl-compare-category select")).to_have_value(re.compile(re.escape(f"({category})")))
+    page.screenshot(path=artifacts / "compare.png")

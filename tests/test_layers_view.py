@@ -316,3 +316,25 @@ def test_a_model_that_fails_on_a_layer_is_said_in_the_row(tmp_path):
     view = sample_inspector_of(path)
     view.state.sample = 0
     assert "rl-inspect-error" in view.body.html and "ghost" in view.body.html
+
+
+def test_a_map_of_the_raw_inputs_is_computed_on_demand_and_kept(store):
+    """Asking for a map that is not stored starts it in the background (progress shown), draws it when done, keeps
+    it in the store, and a second session asking for it gets the same job instead of a second computation."""
+    inspector = inspector_of(store)
+    inspector.state.apply({"map_source": "input", "map_perplexity": 10})
+    job = inspector.map_job
+    assert job is not None and inspector.map_progress.visible and inspector.embedding_pane.object is None
+    other = inspector_of(store)
+    other.state.apply({"map_source": "input", "map_perplexity": 10})
+    assert other.map_job is job  # one computation for the process
+    assert job.future.result(timeout=120) == job.name == "activation-input--tsne-p10-nall"
+    inspector.poll_map()
+    assert not inspector.map_progress.visible and job.progress == 1.0
+    plot = inspector.embedding_pane.object
+    assert plot is not None and inspector.map_title == "tsne of the raw inputs"
+    assert len(inspector._point_samples) == N and sorted(inspector._point_samples) == list(range(N))
+    meta = zstore.read_group_meta(store, f"analyses/{job.name}")
+    assert meta["status"] == "complete" and meta["perplexity"] == 10 and meta["layer"] == "input"
+    inspector.embedding_tap.event(x=float(inspector._points[0, 0]), y=float(inspector._points[0, 1]))
+    assert inspector.state.sample == int(inspector._point_samples[0])  # its points are clickable like any map

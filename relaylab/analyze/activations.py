@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 
 METHODS = ("tsne", "pca")
 PREFIX = "activation-"
+INPUT = "input"  # compute_map's name for the raw inputs, as if they were a layer
 MAX_FEATURES = 4096  # per sample, after spatial pooling: PCA of N × 4096 float32 stays within seconds and ~1 GB per 50k samples
 
 
@@ -53,8 +55,10 @@ def downsample(activation: xr.DataArray, max_features: int = MAX_FEATURES) -> tu
     return activation.coarsen({y: factor, x: factor}, boundary="pad").mean(), factor
 
 
-def embed_layer(features: np.ndarray, method: str = "tsne", variance: float = 0.9, random_state=0) -> tuple[dict, dict]:
-    """PCA to `variance` (at least 2 components), then t-SNE or PCA to 2-D. Returns ({name: (n, 2)}, attrs)."""
+def embed_layer(features: np.ndarray, method: str = "tsne", variance: float = 0.9, random_state=0, perplexity: float | None = None,
+                on_progress: Callable[[float], None] | None = None) -> tuple[dict, dict]:
+    """PCA to `variance` (at least 2 components), then t-SNE (openTSNE's default perplexity 30 unless given) or PCA to
+    2-D. Returns ({name: (n, 2)}, attrs). `on_progress(fraction)` hears how far t-SNE's optimisation is."""
     features = features.reshape(len(features), -1)
     pca = PCA(n_components=variance if variance < 1 else None, random_state=random_state).fit(features)
     if pca.n_components_ < 2:  # one component explains `variance`: keep two, a 2-D map needs them
@@ -62,7 +66,11 @@ def embed_layer(features: np.ndarray, method: str = "tsne", variance: float = 0.
     reduced = pca.transform(features)
     embeddings = {"pca": reduced[:, :2]}
     if method == "tsne":
-        embeddings["tsne"] = EMBEDDINGS["tsne"](random_state).fit_transform(reduced)
+        options = {} if perplexity is None else {"perplexity": float(perplexity)}
+        if on_progress is not None:  # openTSNE calls back every 10 iterations of its two phases (250 + 500 by default)
+            calls = iter(range(1, 10**9))
+            options.update(callbacks=lambda *_: on_progress(min(0.99, next(calls) * 10 / 750)) or False, callbacks_every_iters=10)
+        embeddings["tsne"] = EMBEDDINGS["tsne"](random_state, **options).fit_transform(reduced)
     attrs = {"method": method, "variance_target": float(variance), "pca_components": int(pca.n_components_),
              "explained_variance": float(pca.explained_variance_ratio_.sum()), "features": int(features.shape[1])}
     return {name: np.asarray(values, dtype=np.float32) for name, values in embeddings.items()}, attrs
@@ -129,3 +137,50 @@ def analyze_activations(store_path: str | Path, activation_set: str = "activatio
                               replace=True, progress=False)
         written.append(name)
     return written
+
+
+def map_name(layer: str, perplexity: float, subset: int | None) -> str:
+    """The analysis holding an on-demand map: `activation-<layer>--tsne-p<perplexity>-n<subset or all>`."""
+    return f"{analysis_name(layer)}--tsne-p{perplexity:g}-n{subset or 'all'}"
+
+
+def compute_map(store_path: str | Path, layer: str, perplexity: float = 30, subset: int | None = None,
+                activation_set: str = "activations", variance: float = 0.9, random_state=0, max_features: int = MAX_FEATURES,
+                on_progress: Callable[[float], None] | None = None) -> str:
+    """A t-SNE map of one layer's activations (or of the raw inputs: layer `INPUT`) with the given perplexity, of all
+    samples or a seeded random `subset` of them, written as its own analysis (`map_name`) and reused when asked
+    again with the same settings (the explorer's per-layer maps on demand). Returns the analysis name."""
+    store = str(Path(store_path))
+    name = map_name(layer, perplexity, subset)
+    settings = {"layer": layer, "activation_set": None if layer == INPUT else activation_set, "method": "tsne",
+                "perplexity": float(perplexity), "subset": subset, "variance": float(variance), "random_state": random_state,
+                "max_features": int(max_features)}
+    meta = zstore.read_group_meta(store, f"analyses/{name}")
+    if meta is not None and meta.get("status") == "complete" and all(meta.get(k) == v for k, v in settings.items()):
+        return name
+    if layer == INPUT:
+        data = zstore.open_group(store, "inputs", chunks=None)["input"]
+    else:
+        activations = zstore.open_tree(store, f"activations/{activation_set}")
+        if layer not in activations.children:
+            raise RelaylabError.at(store, f"activations/{activation_set}/{layer}",
+                                   f"a layer of the set ({', '.join(activations.children) or 'none'})", "no such layer")
+        data = activations[layer]["activation"]
+    n = data.sizes[SAMPLE]
+    if subset is not None and not 3 <= subset:
+        raise RelaylabError.at(store, "subset", "at least 3 samples, or all", repr(subset))
+    positions = np.arange(n) if subset is None or subset >= n else np.sort(np.random.default_rng(random_state).choice(n, subset, replace=False))
+    with step(f"mapping {name}", store):
+        picked = data.isel({SAMPLE: positions})
+        pooled, factor = downsample(picked, max_features)
+        features = np.asarray(pooled.values, dtype=np.float32)
+        if on_progress is not None:
+            on_progress(0.05)
+        embeddings, attrs = embed_layer(features, "tsne", variance, random_state, perplexity=min(perplexity, (len(positions) - 1) / 3),
+                                        on_progress=None if on_progress is None else lambda f: on_progress(0.05 + 0.94 * f))
+    attrs = {**attrs, "layer": layer, "pool_factor": factor, "perplexity": float(perplexity), "subset": subset or "all"}
+    zstore.write_analysis(store, name, layer_tree(picked[SAMPLE].values, embeddings, attrs), attrs=settings, replace=True,
+                          progress=False)
+    if on_progress is not None:
+        on_progress(1.0)
+    return name

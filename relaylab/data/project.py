@@ -37,6 +37,11 @@ class LazyGroups(Mapping):
             self._opened[name] = self._loaders[name]()
         return self._opened[name]
 
+    def add(self, name: str, loader: Callable[[], object]) -> None:
+        """Register a group written after opening (copy on write: iterations already running see the old listing)."""
+        self._loaders = {**self._loaders, name: loader}
+        self._opened.pop(name, None)
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._loaders)
 

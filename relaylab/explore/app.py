@@ -22,6 +22,7 @@ import panel as pn
 from ..data.project import Project
 from ..errors import RelaylabError
 from . import state as vs
+from .compare import CompareView
 from .data import ProjectData
 from .embedding import EmbeddingView
 from .grid import SampleGrid
@@ -38,7 +39,7 @@ STYLE = """
 class ProjectView(pn.viewable.Viewer):
     """One project's tab, one screen: a sidebar of choices (what is plotted, which attribution set, how images look,
     legend and hover preview) beside the main area's tabs: the analysis (embedding and sample grid side by side), the
-    sample inspector, and (with a model) the layer inspector. All made from the project's data and this tab's one
+    sample inspector, (with a model) the layer inspector, and two categories compared. All made from the project's data and this tab's one
     ViewState; the active tab is the state's `tab`, so a click on a card or a point opens the inspector."""
 
     def __init__(self, data: ProjectData, **params):
@@ -64,9 +65,11 @@ class ProjectView(pn.viewable.Viewer):
             from .layers import LayerInspector
 
             self.layer_inspector = LayerInspector(data, self.state)
-        self.tab_names = ["analysis", "sample"] + (["layers"] if self.layer_inspector is not None else [])
+        self.compare = CompareView(data, self.state)
+        self.tab_names = ["analysis", "sample"] + (["layers"] if self.layer_inspector is not None else []) + ["compare"]
         self.tabs = pn.Tabs(("Analysis", self._analysis_tab()), ("Sample inspector", self.sample_inspector),
                             *((("Layers", self.layer_inspector),) if self.layer_inspector is not None else ()),
+                            ("Compare categories", self.compare),
                             dynamic=False, sizing_mode="stretch_width", css_classes=["rl-main-tabs"])
         self.tabs.param.watch(lambda event: self.state.apply({"tab": self.tab_names[event.new]}), "active")
         self.state.param.watch(lambda event: self._show_tab(), "tab")

@@ -20,6 +20,7 @@ import logging
 import os
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
 
@@ -42,6 +43,16 @@ PNG_CACHE_BYTES = 256 * 2**20  # rendered PNGs kept per project
 _lock = threading.Lock()
 _by_path: dict[Path, ProjectData] = {}
 _by_key: dict[str, ProjectData] = {}
+_maps = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relaylab-map")  # on-demand maps, one at a time per process
+
+
+@dataclasses.dataclass
+class MapJob:
+    """An on-demand map being computed (or done): its analysis name, future (the name, or the error) and progress 0–1."""
+
+    name: str
+    future: Future
+    progress: float = 0.0
 
 
 def project_key(path: str | os.PathLike) -> str:
@@ -132,6 +143,7 @@ class ProjectData:
         self._model_lock = threading.Lock()  # loading a model takes a while: not under the lock of the quick reads
         self._sample_info: SampleInfo | None = None
         self._explainer = None
+        self._map_jobs: dict[str, MapJob] = {}
 
     @classmethod
     def of(cls, path: str | os.PathLike) -> ProjectData:
@@ -249,6 +261,35 @@ class ProjectData:
         order = np.argsort(-scores, kind="stable")[:top]
         info = self.sample_info
         return [{"class": int(c), "name": info.class_name(int(c)), "score": float(scores[c])} for c in order]
+
+    def request_map(self, layer: str, perplexity: float, subset: int | None) -> MapJob:
+        """The t-SNE map of a layer (or of the raw inputs, `analyze.activations.INPUT`) with these settings: computed
+        once per process in the background (`compute_map`, which keeps it in the store and reuses a stored one), then
+        registered among the project's analyses. Every session asking for the same map gets the same job."""
+        from ..analyze.activations import compute_map, map_name
+        from ..data import project as projects
+        from ..data import store as zstore
+
+        name = map_name(layer, perplexity, subset)
+        with self._lock:
+            job = self._map_jobs.get(name)
+            if job is not None and not (job.future.done() and job.future.exception() is not None):
+                return job  # running or done; a failed one is tried again
+
+            def run() -> str:
+                compute_map(self.project.path, layer, perplexity, subset, on_progress=lambda f: setattr(job, "progress", f))
+                loader = lambda: projects.with_display_names(zstore.open_analysis(self.project.path, name), self.project.label_map)
+                analyses = self.project.analyses
+                if isinstance(analyses, projects.LazyGroups):
+                    analyses.add(name, loader)
+                else:  # a dict (some analysis of the store could not be opened): a new dict, swapped in at once
+                    self.project.analyses = {**analyses, name: loader()}
+                log.info("%s: on-demand map %s ready", self.project.path, name)
+                return name
+
+            job = self._map_jobs[name] = MapJob(name, Future())
+            job.future = _maps.submit(run)
+            return job
 
     # ------------------------------------------------------------------------------------------------ images
 

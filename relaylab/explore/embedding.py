@@ -404,8 +404,11 @@ class EmbeddingView(ProjectViewer):
         # a project of attributions without their dataset has no images: its heatmap instead
         src = image_url(self.data, sample, "input" if self.data.project.has_images else "attribution")
         image = f'<img src="{html.escape(src)}" width="96" height="96" style="image-rendering: auto">'
+        top = self.data.top_predictions(sample, self.data.attribution_of(self.state), 5)
+        top5 = ", ".join(html.escape(p["name"]) for p in top) or "—"
         self.hover_pane.object = (f'<div class="rl-hover-sample" data-sample="{sample}">{image}<div><b>sample {sample}</b><br>'
-                                  f"label: {html.escape(label)}<br>predicted: {html.escape(prediction)}</div></div>")
+                                  f"label: {html.escape(label)}<br>predicted: {html.escape(prediction)}<br>"
+                                  f'top-5: <span class="rl-top5">{top5}</span></div></div>')
 
 
 def category_label(category: str, name: str, score: float | None) -> str:

@@ -162,6 +162,11 @@ class LayerInspector(ProjectViewer):
                                                 disabled=True)
         self.inspect_button.on_click(lambda event: self.state.apply({"tab": "sample"}))
         self.channel_legend = pn.pane.HTML("", css_classes=["rl-channel-legend"])
+        self.map_progress = pn.indicators.Progress(value=0, max=100, visible=False, width=300, css_classes=["rl-map-progress"])
+        self.map_job = None
+        self._poller = None
+        self.map_title = ""
+        self._map_shown = None
         self.channel_grid = ChannelGrid(sizing_mode="stretch_width")
         self.channel_grid.link(self, channel="channel", bidirectional=True)
         self.channel_title = pn.pane.Markdown("")
@@ -203,8 +208,14 @@ class LayerInspector(ProjectViewer):
             self.diagram_pane,
             pn.Row(
                 pn.Column(pn.pane.Markdown("### Activation embedding — click a sample", margin=(0, 10)),
-                          pn.widgets.Select.from_param(self.param.embedding, width=160),
-                          self.embedding_note, self.embedding_pane, sizing_mode="stretch_width"),
+                          pn.Row(pn.widgets.Select.from_param(self.param.embedding, width=110),
+                                 pn.widgets.RadioButtonGroup.from_param(self.state.param.map_source, label="Map of", width=150,
+                                                                        css_classes=["rl-map-source"]),
+                                 pn.widgets.RadioButtonGroup.from_param(self.state.param.map_perplexity, label="Perplexity",
+                                                                        width=150, css_classes=["rl-map-perplexity"]),
+                                 pn.widgets.Select.from_param(self.state.param.map_subset, label="Samples", width=100,
+                                                              css_classes=["rl-map-subset"]), align="end"),
+                          self.map_progress, self.embedding_note, self.embedding_pane, sizing_mode="stretch_width"),
                 pn.Column(self.sample_info, self.inspect_button, self.image_pane, self.bars_pane, width=400),  # fixed: the plot keeps its size
                 sizing_mode="stretch_width",
             ),
@@ -346,23 +357,50 @@ class LayerInspector(ProjectViewer):
         if 0 <= i < len(self.layers):
             self.state.layer = self.layers[i]["name"]
 
+    def map_request(self) -> tuple[str, str | None, bool]:
+        """(what the map shows, the analysis holding it or None, whether that must be computed on demand): the stored
+        `activation-<layer>` for the default settings, else `activation-<layer or input>--tsne-p…-n…`."""
+        from ..analyze.activations import INPUT, map_name
+
+        s = self.state
+        if s.map_source == "input":
+            return "the raw inputs", map_name(INPUT, s.map_perplexity, s.map_subset or None), True
+        what, stored = f"the activations of {self.layer}", f"activation-{self.layer}"
+        if s.map_perplexity == 30 and s.map_subset == 0 and stored in self.project.analyses:
+            return what, stored, False
+        sets = self.project.activations
+        recorded = "activations" in sets and self.layer in sets["activations"].children
+        return what, map_name(self.layer, s.map_perplexity, s.map_subset or None) if recorded else None, recorded
+
+    def _clear_embedding(self, note: str) -> None:
+        self.embedding_note.object, self.embedding_note.visible = note, bool(note)
+        self.embedding_pane.object = None
+        self._points, self._point_samples = np.empty((0, 2)), np.empty(0, dtype=np.int64)
+
     def _draw_embedding(self) -> None:
-        """The picked layer's activation embedding (analysis `activation-<layer>`), coloured by true class."""
+        """The map of the picked layer's activations (or of the raw inputs), coloured by true class: the stored one,
+        or one computed on demand in the background while the rest of the page stays usable."""
         self.embedding_tap = None
-        name = f"activation-{self.layer}"
-        if self.layer_problem() or name not in self.project.analyses:
-            self.embedding_note.object = (f"No activation embedding for layer **{self.layer}**: the store has no analysis "
-                                          f"`{name}` (compute it with `relaylab.analyze.activations.analyze_activations`).")
-            self.embedding_note.visible = True
-            self.embedding_pane.object = None
-            self._points, self._point_samples = np.empty((0, 2)), np.empty(0, dtype=np.int64)
+        what, name, on_demand = self.map_request()
+        if self.layer_problem() and self.state.map_source == "layer":
+            self._clear_embedding(f"No activation embedding for layer **{self.layer}**.")
             return
+        if name is None:
+            self._clear_embedding(f"No activation embedding for layer **{self.layer}**: the store has no analysis "
+                                  f"`activation-{self.layer}` and no recorded activations of it to map (compute them with "
+                                  "`relaylab activations`, the maps with `relaylab.analyze.activations.analyze_activations`).")
+            return
+        if name not in self.project.analyses:
+            if on_demand:
+                self._start_map()
+            return
+        self.map_progress.visible = False
         node = self.project.analyses[name][CATEGORY]
         available = sorted(node["embedding"].children) if "embedding" in node.children else []
         self._choosing_embedding = True  # the Select follows; this is no new choice of the user's
         try:
             self.param.embedding.objects = available
-            if self.embedding not in available:
+            if self.embedding not in available or (on_demand and name != self._map_shown and "tsne" in available):
                 self.embedding = "tsne" if "tsne" in available else (available[0] if available else None)
         finally:
             self._choosing_embedding = False
@@ -372,6 +410,7 @@ class LayerInspector(ProjectViewer):
             self.embedding_pane.object = None
             return
         self.embedding_note.visible = False
+        self.map_title, self._map_shown = f"{self.embedding} of {what}", name
         coords = np.asarray(node["embedding"][self.embedding]["embedding"].values[:, :2], dtype=np.float64)
         samples = np.asarray(node["index"].values, dtype=np.int64)
         labels = self.project.inputs["label"].sel(sample=samples).values
@@ -398,11 +437,51 @@ class LayerInspector(ProjectViewer):
         low, high = coords.min(axis=0), coords.max(axis=0)
         pad = np.where(high > low, (high - low) * 0.05, 1.0)  # fixed limits: the ringed point must not move the view
         plot = (base * marker.opts(marker="circle", size=14, fill_alpha=0, line_color="black", line_width=2)).opts(
-            responsive=True, min_height=360, title=f"{self.embedding} of the activations of {self.layer}",
+            responsive=True, min_height=360, title=self.map_title,
             xaxis=None, yaxis=None, xlim=(low[0] - pad[0], high[0] + pad[0]), ylim=(low[1] - pad[1], high[1] + pad[1]))
         self.embedding_tap = hv.streams.Tap(source=base, x=None, y=None)  # not the Overlay: see _build_diagram
         self.embedding_tap.add_subscriber(self._on_embedding_tap)
         self.embedding_pane.object = plot
+
+    def _start_map(self) -> None:
+        """Ask for the map in the background (shared by every session of the process) and follow its progress."""
+        s = self.state
+        from ..analyze.activations import INPUT
+
+        layer = INPUT if s.map_source == "input" else self.layer
+        self.map_job = self.data.request_map(layer, s.map_perplexity, s.map_subset or None)
+        self._clear_embedding(f"Computing a t-SNE map (perplexity {s.map_perplexity}, "
+                              f"{s.map_subset or 'all'} samples) in the background; everything else stays usable.")
+        self.map_progress.param.update(value=int(100 * self.map_job.progress), visible=True)
+        if pn.state.curdoc is not None and self._poller is None:  # a served session or a notebook; plain Python polls itself
+            self._poller = pn.state.add_periodic_callback(self.poll_map, period=250)
+
+    @shows_errors
+    def poll_map(self) -> None:
+        """Show the running job's progress; draw the map once it is done (or say why it failed)."""
+        job = self.map_job
+        if job is None:
+            return
+        self.map_progress.value = int(100 * job.progress)
+        if not job.future.done():
+            return
+        if self._poller is not None:
+            self._poller.stop()
+            self._poller = None
+        self.map_job = None
+        self.map_progress.visible = False
+        error = job.future.exception()
+        if error is not None:
+            log.warning("on-demand map %s failed: %s", job.name, error)
+            self._clear_embedding(f"The map could not be computed: {error}")
+            return
+        self._draw_embedding()
+
+    @param.depends("state.map_source", "state.map_perplexity", "state.map_subset", watch=True)
+    @shows_errors
+    def _on_map_choice(self) -> None:
+        if self.explainer is not None:
+            self._draw_embedding()
 
     def _marker_points(self) -> np.ndarray:
         hit = np.flatnonzero(self._point_samples == self.sample) if self.sample is not None else []

@@ -36,6 +36,9 @@ CATEGORY_ORDERS = ("index", "suspicion")
 TABS = ("analysis", "sample", "layers", "compare")
 LRP_COMPOSITES = ("epsilon_plus_flat", "epsilon_plus", "epsilon_alpha2_beta1_flat", "epsilon_alpha2_beta1", "epsilon_gamma_box")
 DEFAULT_COMPOSITE = "epsilon_plus_flat"
+MAP_SOURCES = ("layer", "input")
+MAP_PERPLEXITIES = (10, 30, 90)
+MAP_SUBSETS = (100, 1000, 0)  # 0: all samples
 
 
 class Key(NamedTuple):
@@ -74,9 +77,12 @@ KEYS = (
     Key("depth", "camDepth", "relaylab.camDepth", "optional int"),
     Key("composite", "lrpComposite", "relaylab.lrpComposite"),
     Key("inspector_colormap", "inspectorColorMap", "relaylab.inspectorColorMap"),
+    Key("map_source", "mapSource", "relaylab.mapSource"),
+    Key("map_perplexity", "mapPerplexity", "relaylab.mapPerplexity", "int"),
+    Key("map_subset", "mapSubset", "relaylab.mapSubset", "int"),
 )
 NEWER_FIELDS = frozenset({"attribution", "pinned", "category_order", "compare", "tab", "label", "depth", "composite",
-                          "inspector_colormap"})  # links carry these only when not at their defaults
+                          "inspector_colormap", "map_source", "map_perplexity", "map_subset"})  # links carry these only when not at their defaults
 QUERY_KEYS = frozenset({"project", *(k.query for k in KEYS)})  # what makes a URL a share link
 
 
@@ -108,10 +114,14 @@ class ViewState(param.Parameterized):
     depth = param.Integer(None, allow_None=True, bounds=(0, None), doc="CAM layer of the inspector (index, input → output); None = the deepest spatial one")
     composite = param.Selector(default=DEFAULT_COMPOSITE, objects=list(LRP_COMPOSITES), doc="LRP composite of the inspector")
     inspector_colormap = param.String("", doc="colour map of the inspector's heatmaps; '' = follow `colormap`")
+    map_source = param.Selector(default="layer", objects=list(MAP_SOURCES), doc="the layer view's map: of the picked layer, or of the raw inputs")
+    map_perplexity = param.Selector(default=30, objects=list(MAP_PERPLEXITIES), doc="t-SNE perplexity of the layer view's map")
+    map_subset = param.Selector(default=0, objects={"100": 100, "1,000": 1000, "all": 0}, doc="samples in the layer view's map (0 = all)")
 
     FIELDS = ("project", "analysis", "category", "embedding", "clustering", "x_dim", "y_dim", "color_by", "selection",
               "mode", "colormap", "sampling", "page", "page_size", "layer", "sample", "attribution", "pinned",
-              "category_order", "compare", "tab", "label", "depth", "composite", "inspector_colormap")
+              "category_order", "compare", "tab", "label", "depth", "composite", "inspector_colormap", "map_source",
+              "map_perplexity", "map_subset")
 
     def values(self) -> dict:
         return {name: getattr(self, name) for name in self.FIELDS}
@@ -408,7 +418,8 @@ def checked_values(given: dict, project: Project | None, file: str, keys: dict[s
     if values["colormap"] not in COLORMAPS:
         problem("colormap", "one of the colour maps: " + ", ".join(COLORMAPS), values["colormap"])
     values["selection"] = sorted({int(i) for i in values["selection"]})
-    for field, allowed in (("category_order", CATEGORY_ORDERS), ("tab", TABS), ("composite", LRP_COMPOSITES)):
+    for field, allowed in (("category_order", CATEGORY_ORDERS), ("tab", TABS), ("composite", LRP_COMPOSITES),
+                           ("map_source", MAP_SOURCES), ("map_perplexity", MAP_PERPLEXITIES), ("map_subset", MAP_SUBSETS)):
         if values[field] not in allowed:
             problem(field, "one of " + ", ".join(allowed), values[field])
     if values["inspector_colormap"] not in ("", *COLORMAPS):
