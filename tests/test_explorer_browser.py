@@ -26,6 +26,7 @@ import yaml
 from relaylab.data.convert import convert_to_zarr
 from relaylab.data.project import open_project
 from relaylab.data.schema import schema_problems
+from relaylab.data import store as zstore
 from relaylab.data.store import store_metadata, update_store_metadata
 from relaylab.data.synthetic import Variant, images_and_labels, write_analysis_files, write_virelay_project
 
@@ -680,3 +681,31 @@ def test_compare_two_categories_side_by_side(page, demo_server, artifacts):
     assert sides[0].screenshot() != sides[1].screenshot()
     expect(page.locator(".rl-compare-category select")).to_have_value(re.compile(re.escape(f"({category})")))
     page.screenshot(path=artifacts / "compare.png")
+
+
+def test_an_on_demand_map_shows_progress_while_other_clicks_are_answered(page, demo_server, artifacts):
+    """The layer view's map of the raw inputs at perplexity 90 is not in the store: asking for it shows a progress bar,
+    a click on the model diagram is answered while it runs, and the map appears when done (then kept in the store)."""
+    url, store = demo_server
+    open_explorer(page, f"{url}?tab=layers")
+    first = picked_box(page)
+    started = time.perf_counter()
+    page.locator(".rl-map-source button", has_text="input").click()
+    page.locator(".rl-map-perplexity button", has_text="90").click()
+    progress = page.locator("progress.rl-map-progress")
+    expect(progress).to_be_visible()
+    target = next(row for row in figure_rows(page, "Quad", "name")["rows"] if row["name"] != first)
+    clicked = time.perf_counter()
+    page.mouse.click(target["cx"], target["cy"])
+    expect(page.locator(".rl-share input")).to_have_value(re.compile(rf"[?&]layer={re.escape(target['name'])}(&|$)"))
+    answered = time.perf_counter() - clicked
+    assert progress.is_visible(), "the map was done before the click was answered: nothing shows the page stayed usable"
+    page.screenshot(path=artifacts / "map-on-demand-running.png")
+    page.wait_for_function(f"() => ({FIGURE_ROWS_JS})(['Scatter', 'sample', 'of the raw inputs']) !== null", timeout=240_000)
+    print(f"layer click answered in {answered:.2f} s while the map ran; map done {time.perf_counter() - started:.1f} s after asking")
+    expect(progress).to_be_hidden()
+    rows = figure_rows(page, "Scatter", "sample", "of the raw inputs")["rows"]
+    assert rows and len(rows) == len({row["sample"] for row in rows})
+    meta = zstore.read_group_meta(store, "analyses/activation-input--tsne-p90-nall")
+    assert meta is not None and meta["status"] == "complete" and meta["perplexity"] == 90
+    page.screenshot(path=artifacts / "map-on-demand-done.png")
