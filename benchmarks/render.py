@@ -16,6 +16,8 @@ extent, and a zoom onto 10% of its area at the centre):
 - selection: server-side resolution of a box covering ~10% of the points and of a lasso polygon, to sample indices;
   and, on a real project with one category of 1,000,000 samples, a box over all of it until the grid's first page of
   cards is ready (plus the 20 images of that page rendered from a cold cache).
+- on-demand map: the layer view's t-SNE of 10,000 samples' raw inputs (`compute_map`: PCA, openTSNE, written to the
+  store), with its progress as the explorer shows it, beside openTSNE alone on the same PCA features (the peer).
 
 Warm-up runs are dropped (Numba compiles Datashader's kernels on the first call); median of the repeats.
 """
@@ -100,6 +102,56 @@ def measure_selection_to_grid(args, n: int) -> list[dict]:
             row("render", case, "its 20 images rendered, cold cache", render_s * 1e3, "ms")]
 
 
+def measure_map_on_demand(args, n: int) -> list[dict]:
+    """compute_map of n samples' raw inputs (8 clusters of 1×32×32 images), progress printed, against openTSNE alone
+    on the same PCA features; one run each (t-SNE at 10,000 points takes a minute on 2 cores)."""
+    import tempfile
+    from pathlib import Path
+
+    import numpy as np
+    import xarray as xr
+    from openTSNE.sklearn import TSNE
+    from sklearn.decomposition import PCA
+
+    from relaylab.analyze.activations import INPUT, compute_map
+    from relaylab.data import store as zstore
+    from relaylab.data.labels import label_map_from_entries
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 8, n)
+    centres = rng.uniform(0, 255, (8, 1, 32, 32))
+    images = np.clip(centres[labels] + rng.normal(0, 40, (n, 1, 32, 32)), 0, 255).astype(np.uint8)
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "maps.zarr"
+        zstore.create_store(path, project={"name": "maps", "model": "", "description": ""}, dataset={"name": "clusters"},
+                            label_map=label_map_from_entries([{"index": i, "word_net_id": f"c{i}", "name": f"c{i}"} for i in range(8)]),
+                            source="benchmarks.render")
+        inputs = xr.Dataset({"input": (("sample", "channel", "y", "x"), images)}, coords={"sample": np.arange(n), "label": ("sample", labels)})
+        zstore.write_dataset(path, "inputs", inputs, kind="inputs", attrs={"name": "clusters", "value_range": [0, 255]}, progress=False)
+        zstore.update_store_metadata(path, status="complete")
+        shown = []
+
+        def progress(fraction: float) -> None:
+            if not shown or fraction - shown[-1][1] >= 0.1 or fraction == 1.0:
+                shown.append((time.perf_counter() - start, fraction))
+                print(f"  map of {n:,}: {fraction:.0%} after {shown[-1][0]:.1f} s", flush=True)
+
+        start = time.perf_counter()
+        compute_map(path, INPUT, perplexity=30, on_progress=progress)
+        relaylab_s = time.perf_counter() - start
+        features = images.reshape(n, -1).astype(np.float32)
+        start = time.perf_counter()
+        reduced = PCA(n_components=0.9, random_state=0).fit_transform(features)
+        TSNE(random_state=0, n_jobs=1, perplexity=30).fit_transform(reduced)
+        peer_s = time.perf_counter() - start
+    first_progress = shown[0][0] if shown else None
+    print(f"on-demand map of {n:,} samples: {relaylab_s:.1f} s (openTSNE alone {peer_s:.1f} s, ratio {peer_s / relaylab_s:.2f}); "
+          f"first progress after {first_progress:.1f} s", flush=True)
+    return [row("render", f"map n={n:,}", "on-demand t-SNE (compute_map, into the store)", relaylab_s, "s",
+                first_progress_s=first_progress, progress_updates=len(shown)),
+            row("render", f"map n={n:,}", "openTSNE alone on the same PCA features", peer_s, "s", ratio_vs_relaylab=peer_s / relaylab_s)]
+
+
 def run(args) -> int:
     import datashader as ds
     import datashader.transfer_functions as tf
@@ -167,6 +219,7 @@ def run(args) -> int:
         times, hits = timed(lambda: prepared.sample[prepared.in_polygon(polygon)], args.warmup, args.repeats)
         rows.append(row("render", case, "lasso select -> sample indices", [t * 1e3 for t in times], "ms", selected=int(hits.size)))
     rows += measure_selection_to_grid(args, 10_000 if args.smoke else 1_000_000)
+    rows += measure_map_on_demand(args, 1_000 if args.smoke else 10_000)
     notes = [f"{args.warmup} warm-up dropped, median of {args.repeats}; frame = {width}×{height} px as the explorer draws it",
              "bytes_per_frame = the RGBA buffer of the Bokeh image glyph (what the server sends per frame, before framing)"]
     config = {"sizes": sizes, "clusters": args.clusters, "repeats": args.repeats, "warmup": args.warmup}

@@ -571,6 +571,7 @@ def test_demo_card_click_opens_the_sample_inspector(page, demo_server, artifacts
     card.click()
     page.locator(f'.rl-explanation[data-kind="lrp"][data-sample="{sample}"]').wait_for()
     print(f"card click → inspector complete {time.perf_counter() - started:.2f} s (first: the model loads)")
+    expect(page.locator(".rl-main-tabs .bk-tab.bk-active")).to_have_text("Sample inspector")  # shown, not only rendered
     with open_project(store) as project:
         image = np.asarray(project.inputs["input"].sel(sample=sample).values)
     np.testing.assert_array_equal(figure_pixels(page, "input", sample)[..., :3], np.repeat(image[0][..., None], 3, axis=2))
