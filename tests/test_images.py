@@ -294,13 +294,17 @@ def session_texts(port: int, path: str, **arguments: str) -> tuple[list[str], li
     """A session of a served Panel app, pulled over its websocket as a browser would open it (`arguments`: the URL
     query): the titles of its tabs, in order, and the texts (unescaped HTML) of its panes."""
     import panel.models  # noqa: F401  (registers Panel's model types, which the pulled document holds)
+
+    import relaylab.explore.clicks  # noqa: F401  (and the explorer's own ESM components' data models)
     from bokeh.client import pull_session
     from bokeh.models import Tabs
 
     with pull_session(url=f"http://127.0.0.1:{port}{path}", arguments=arguments) as session:
         models = list(session.document.models)
     texts = [html.unescape(m.text) for m in models if isinstance(getattr(m, "text", None), str)]
-    return [tab.title for m in models if isinstance(m, Tabs) for tab in m.tabs], texts
+    # the grid's cards and the inspector are ESM components: their markup is the `html` of their data model
+    texts += [html.unescape(m.data.html) for m in models if isinstance(getattr(getattr(m, "data", None), "html", None), str)]
+    return [tab.title for m in models if isinstance(m, Tabs) and "rl-projects" in (m.css_classes or []) for tab in m.tabs], texts
 
 
 def test_image_route_under_panel_serve(project_path, tmp_path):
