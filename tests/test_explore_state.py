@@ -31,6 +31,9 @@ def custom_state(project) -> vs.ViewState:
     state.apply({"embedding": "spectral", "x_dim": 3, "y_dim": 5, "clustering": "kmeans-02", "color_by": "correct",
                  "colormap": "coldnhot", "mode": "attribution", "sampling": "pixelated", "page": 1, "page_size": 7,
                  "selection": sorted(members[[0, 1, 2, 5, 9]].tolist())})
+    state.apply({"attribution": list(project.attributions)[-1], "pinned": [9, 4, 17], "category_order": "suspicion",
+                 "compare": "n00000001", "tab": "sample", "label": 1, "depth": 2, "composite": "epsilon_alpha2_beta1",
+                 "inspector_colormap": "jet", "map_source": "input", "map_perplexity": 90, "map_subset": 1000})
     return state
 
 
@@ -396,3 +399,36 @@ def test_the_server_draws_the_points(project, color_by):
     image = view.plot_pane.object[()].get(0)  # the points layer, as rendered for the full extent
     alpha = np.asarray(image.data)[..., 3] if np.asarray(image.data).ndim == 3 else image.dimension_values(3, flat=False)
     assert (np.asarray(alpha) > 0).sum() >= 10
+
+
+@pytest.mark.parametrize("key, value, words", [
+    ("pinned", ",".join(map(str, range(13))), ["pinned", "at most 12"]),
+    ("pinned", "3,999", ["pinned", "999"]),
+    ("lrpComposite", "guided_backprop", ["lrpComposite", "epsilon_plus_flat"]),
+    ("attribution", "nope", ["attribution", "attribution sets"]),
+    ("compareCategory", "n09999999", ["compareCategory", "categories"]),
+    ("explainedLabel", "77", ["explainedLabel", "class index"]),
+    ("mapPerplexity", "50", ["mapPerplexity", "10, 30, 90"]),
+    ("tab", "settings", ["tab", "analysis, sample"]),
+    ("inspectorColorMap", "viridis", ["inspectorColorMap", "colour maps"]),
+])
+def test_the_newer_link_keys_are_checked(project, key, value, words):
+    """Each of relaylab's newer share-link keys refuses what the project cannot show, naming the key; nothing changes."""
+    state = custom_state(project)
+    before = state.values()
+    with pytest.raises(RelaylabError) as error:
+        state.from_query(f"{state.to_query()}&{key}={value}", projects=[project])
+    assert all(word in str(error.value) for word in words), str(error.value)
+    assert state.values() == before
+
+
+def test_newer_fields_stay_out_of_links_at_their_defaults(project):
+    """Links stay short: the inspector's and the layer map's choices appear only once changed, pinned order is kept."""
+    state = vs.ViewState()
+    state.apply(vs.fitted_values(project, state.values()))
+    query = state.to_query()
+    assert not any(f"{key}=" in query for key in ("pinned", "tab", "lrpComposite", "mapPerplexity", "categoryOrder"))
+    state.apply({"pinned": [9, 4, 17], "map_perplexity": 10})
+    query = state.to_query()
+    assert "pinned=9,4,17" in query and "mapPerplexity=10" in query
+    assert vs.ViewState().from_query(query, projects=[project]).pinned == [9, 4, 17]

@@ -421,7 +421,7 @@ def checked_values(given: dict, project: Project | None, file: str, keys: dict[s
     for field, allowed in (("category_order", CATEGORY_ORDERS), ("tab", TABS), ("composite", LRP_COMPOSITES),
                            ("map_source", MAP_SOURCES), ("map_perplexity", MAP_PERPLEXITIES), ("map_subset", MAP_SUBSETS)):
         if values[field] not in allowed:
-            problem(field, "one of " + ", ".join(allowed), values[field])
+            problem(field, "one of " + ", ".join(map(str, allowed)), values[field])
     if values["inspector_colormap"] not in ("", *COLORMAPS):
         problem("inspector_colormap", "one of the colour maps (or nothing: follow the main one)", values["inspector_colormap"])
     if values["depth"] is not None and values["depth"] < 0:
