@@ -216,8 +216,40 @@ def figure_pixels(page, kind: str, sample: int) -> np.ndarray:
     return png_array(base64.b64decode(figure.get_attribute("src").split(",", 1)[1]))
 
 
+FOUND_SINCE_CLICK_JS = """(selector) => {
+  // milliseconds since window.__clickAt once `selector` is in the page (shadow roots included), else false
+  const roots = [document]
+  while (roots.length) {
+    const root = roots.pop()
+    if (root.querySelector(selector)) return performance.now() - window.__clickAt
+    for (const el of root.querySelectorAll("*")) if (el.shadowRoot) roots.push(el.shadowRoot)
+  }
+  return false
+}"""
+
+
+def click_until(page, target, selector: str) -> float:
+    """Click `target` and return the milliseconds until `selector` appears, measured in the page every animation frame
+    (playwright's own waits poll at 100 ms to 1 s intervals, which would swamp a figure of ~50 ms)."""
+    box = target.bounding_box()
+    page.evaluate("() => { window.__clickAt = performance.now() }")
+    page.mouse.click(box["x"] + box["width"] / 2, box["y"] + 10)
+    return page.wait_for_function(FOUND_SINCE_CLICK_JS, arg=selector, polling="raf").json_value()
+
+
 def open_tab(page, name: str) -> None:
-    page.locator(".rl-main-tabs .bk-tab", has_text=name).click()
+    """Click a main tab's header until it is the active one. Right after the server switched tabs (a card click), the
+    first click on a header is sometimes lost in headless chromium (the server never hears of it; seen only with
+    playwright's one-step mouse moves); the retry keeps the tests about what they test."""
+    header = page.locator(".rl-main-tabs .bk-tab", has_text=name)
+    for _ in range(3):
+        header.click()
+        try:
+            expect(header).to_have_class(re.compile(r"\bbk-active\b"), timeout=3000)
+            return
+        except AssertionError:
+            continue
+    expect(header).to_have_class(re.compile(r"\bbk-active\b"))
 
 
 # ------------------------------------------------------------------------------------------------ tests
@@ -587,12 +619,11 @@ def test_demo_card_click_opens_the_sample_inspector(page, demo_server, artifacts
     page.screenshot(path=artifacts / "sample-inspector.png")
     # a second card, after the first: the explanations of a new sample, timed
     open_tab(page, "Analysis")
-    other = page.locator(".rl-card").nth(2)
+    page.wait_for_timeout(1000)  # the tab switch's layout settles (as while a user looks at the cards)
+    other = page.locator(".rl-card").nth(2)  # a second card: the whole round trip, timed in the page
     second = int(other.get_attribute("data-sample"))
-    started = time.perf_counter()
-    other.click()
-    page.locator(f'.rl-explanation[data-kind="lrp"][data-sample="{second}"]').wait_for()
-    print(f"card click → inspector complete {time.perf_counter() - started:.2f} s (model loaded)")
+    ms = click_until(page, other, f'.rl-explanation[data-kind="lrp"][data-sample="{second}"]')
+    print(f"card click → inspector complete in the page {ms:.0f} ms (sample {second})")
 
 
 def test_attribution_set_switch_changes_the_grid(page, demo_server):

@@ -322,4 +322,19 @@ class ProjectData:
                 from ..explain.live import SampleExplainer  # torch: only for projects with a model
 
                 self._explainer = SampleExplainer(self.project)
+                threading.Thread(target=self._warm_up, args=(self._explainer,), daemon=True, name="relaylab-warm-up").start()
             return self._explainer
+
+    def _warm_up(self, explainer) -> None:
+        """Explain the first sample once in the background: torch's first passes (kernel selection, deterministic-mode
+        set-up) cost a second or more, which the first click on a sample would otherwise wait for."""
+        try:
+            sample = int(self.project.inputs["sample"].values[0])
+            label = explainer.predictions(sample, top=1)[0]["class"]
+            for layer in explainer.cam_layers[-1:]:
+                explainer.cam(sample, label, layer)
+                explainer.guided_gradcam(sample, label, layer)
+            explainer.guided_backprop(sample, label)
+            explainer.lrp(sample, label)
+        except Exception as error:  # a model that fails here fails visibly on the user's click, with its message
+            log.info("explainer warm-up of %s: %s", self.project.path, error)
