@@ -458,3 +458,17 @@ def test_routes_are_added_once_per_server(project_path, monkeypatch, up_front):
         assert len([h for h in added if h[0][1] is serve.ImageHandler]) == (0 if up_front else 1)
     finally:
         server.stop()
+
+
+def test_relaylab_serve_listens_on_loopback_by_default(make_project, tmp_path):
+    """Closed by default: without --address the server's listening sockets are bound to 127.0.0.1 only (read from the
+    child's sockets, not from its output)."""
+    import psutil
+
+    path = make_project("closed", n_samples=12, height=8, width=8)
+    port = free_port()
+    command = [sys.executable, "-m", "relaylab.cli", "serve", str(path), "--port", str(port), "--no-show"]
+    with child_server(command, port, "/", tmp_path / "serve.log", timeout=300) as server:
+        listening = {c.laddr.ip for c in psutil.Process(server.pid).net_connections(kind="inet")
+                     if c.status == psutil.CONN_LISTEN and c.laddr.port == port}
+    assert listening == {"127.0.0.1"}

@@ -44,7 +44,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     paths = [path.resolve() for path in projects]
     warm_up()
     origins = args.allow_websocket_origin or None
-    print(f"relaylab explorer: {len(paths)} project{'s' if len(paths) != 1 else ''} at http://{args.address or 'localhost'}:{args.port}/",
+    shown = "localhost" if args.address in ("127.0.0.1", "0.0.0.0", "", None) else args.address
+    print(f"relaylab explorer: {len(paths)} project{'s' if len(paths) != 1 else ''} at http://{shown}:{args.port}/",
           flush=True)
     pn.serve({"/": lambda: build_app(paths)}, port=args.port, address=args.address, show=args.show, title="relaylab explorer",
              websocket_origin=origins, extra_patterns=routes(), threaded=False, print=False)
@@ -68,7 +69,8 @@ def add_commands(commands) -> None:
                     "listed and the exit status is 2.")
     serve.add_argument("projects", nargs="*", type=Path, metavar="PROJECT")
     serve.add_argument("--port", type=int, default=5006, help="port to listen on (default: 5006)")
-    serve.add_argument("--address", default=None, help="address to listen on (default: all interfaces, shown as localhost)")
+    serve.add_argument("--address", default="127.0.0.1",
+                       help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 for every interface)")
     serve.add_argument("--allow-websocket-origin", action="append", metavar="HOST[:PORT]",
                        help="a host browsers may connect from besides localhost (repeatable; needed behind a proxy)")
     serve.add_argument("--show", action=argparse.BooleanOptionalAction, default=True, help="open a browser tab (default: yes)")
