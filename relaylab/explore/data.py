@@ -144,6 +144,7 @@ class ProjectData:
         self._sample_info: SampleInfo | None = None
         self._explainer = None
         self._map_jobs: dict[str, MapJob] = {}
+        self._recorded: dict[str, str | None] = {}  # analysis → the attribution set it records
 
     @classmethod
     def of(cls, path: str | os.PathLike) -> ProjectData:
@@ -219,13 +220,14 @@ class ProjectData:
         None for a project without attributions."""
         if not self.project.attributions:
             return None
-        try:
-            from ..data import store as zstore
-
-            meta = zstore.read_group_meta(self.project.path, f"analyses/{analysis}") if analysis else None
-        except Exception:  # a ViRelAy/CoRelAy project (HDF5 files) records none
+        if analysis not in self._recorded:  # read once per analysis: the grid asks on every redraw
             meta = None
-        recorded = (meta or {}).get("attribution")
+            if analysis and self.project.metadata.get("format") == "relaylab-zarr":  # ViRelAy/CoRelAy files record none
+                from ..data import store as zstore
+
+                meta = zstore.read_group_meta(self.project.path, f"analyses/{analysis}")
+            self._recorded[analysis] = (meta or {}).get("attribution")
+        recorded = self._recorded[analysis]
         return recorded if recorded in self.project.attributions else next(iter(self.project.attributions))
 
     def attribution_of(self, state) -> str | None:
