@@ -406,17 +406,13 @@ def test_demo_artifact_colouring_and_the_layer_view_follow_the_link(page, demo_s
     """The demo (opened because no project is given): colour the artifact class by the planted artifact, and a
     link's `sample` and `layer` open that sample and layer in the per-layer inspector."""
     url, store = demo_server
-    with open_project(store) as project:
-        artifact = np.asarray(project.inputs["artifact"].values)
-        tree = project.analyses["spectral_analysis"]
-        counts = {c: int(artifact[np.asarray(node["index"].values)].sum()) for c, node in tree.children.items()}
-        category = max(counts, key=counts.get)
-        members = np.asarray(tree[category]["index"].values)
+    category, members, artifact = artifact_facts(store)
+    marked = int(artifact[members].sum())
     sample = int(members[np.flatnonzero(artifact[members])[0]])
     seconds = open_explorer(page, f"{url}?analysisCategory={category}&colorBy=artifact&sample={sample}&layer=features.3&tab=layers")
     print(f"demo page load {seconds:.2f} s")
     legend = " ".join(page.locator(".rl-legend-item").all_inner_texts())
-    assert f"artifact ({counts[category]})" in legend and f"no artifact ({len(members) - counts[category]})" in legend
+    assert f"artifact ({marked})" in legend and f"no artifact ({len(members) - marked})" in legend
     expect(page.get_by_text(f"Sample {sample}", exact=False).first).to_be_visible(timeout=60_000)
     expect(page.locator(".rl-channel").first).to_be_visible(timeout=60_000)  # features.3 is a conv layer: channel maps
     page.screenshot(path=artifacts / "demo-layers.png", full_page=True)

@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import logging
 
-import datashader as ds
-import holoviews as hv
 import panel as pn
 import param
-from holoviews.operation.datashader import datashade, dynspread
 
 from ..errors import RelaylabError
 from . import state as vs
 from .data import ProjectData
-from .embedding import category_label, colouring, legend_html
+from .embedding import category_label, colouring, legend_html, shaded_points
 from .state import ViewState
 from .view import ProjectViewer
 
@@ -53,13 +50,11 @@ class CompareView(ProjectViewer):
     def plot(self, state: ViewState, score: float | None):
         points = self.data.points(state.analysis, state.category, state.embedding, state.x_dim, state.y_dim)
         codes, names, colors, counts = colouring(self.data, state, points)
-        keys = dict(zip(names, colors)) if len(names) > 1 else {names[0]: colors[0], "\u200b": colors[0]}
-        element = hv.Points(points.frame(codes, list(keys)), kdims=["x", "y"], vdims=["c"])
         title = category_label(state.category, vs.categories(self.project, state.analysis).get(state.category, state.category), score)
-        shaded = dynspread(datashade(element, aggregator=ds.count_cat("c"), color_key=keys, min_alpha=90), threshold=0.7, max_px=3)
-        return shaded.opts(frame_width=PANEL_PX, frame_height=PANEL_PX, title=title, xlabel=f"{state.embedding} {state.x_dim}",
-                           ylabel=f"{state.embedding} {state.y_dim}", default_tools=["pan", "wheel_zoom", "reset"]), \
-            legend_html(names, colors, counts, state.color_by)
+        plot = shaded_points(points, codes, names, colors).opts(
+            frame_width=PANEL_PX, frame_height=PANEL_PX, title=title, xlabel=f"{state.embedding} {state.x_dim}",
+            ylabel=f"{state.embedding} {state.y_dim}", default_tools=["pan", "wheel_zoom", "reset"])
+        return plot, legend_html(names, colors, counts, state.color_by)
 
     @param.depends("state.analysis", "state.category", "state.compare", "state.embedding", "state.clustering", "state.color_by",
                    "state.x_dim", "state.y_dim", watch=True)

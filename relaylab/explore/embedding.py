@@ -107,6 +107,15 @@ def colouring(data: ProjectData, state: vs.ViewState, points: Points) -> tuple[n
     return folded(marks.astype(np.int64), {0: f"no {state.color_by}", 1: state.color_by})
 
 
+def shaded_points(points: Points, codes: np.ndarray, names: list[str], colors: list[str]):
+    """The points coloured by category, drawn by Datashader on the server (the analysis view's and the compare view's
+    plot before their own options)."""
+    # HoloViews 1.23's datashade draws nothing for a single category: give it an unused second one
+    keys = dict(zip(names, colors)) if len(names) > 1 else {names[0]: colors[0], "\u200b": colors[0]}
+    element = hv.Points(points.frame(codes, list(keys)), kdims=["x", "y"], vdims=["c"])
+    return dynspread(datashade(element, aggregator=ds.count_cat("c"), color_key=keys, min_alpha=90), threshold=0.7, max_px=3)
+
+
 def combine(mode: str, current, new: np.ndarray) -> np.ndarray:
     """The selection after a gesture: replace it, add to it or subtract from it. Ascending dataset indices, via a
     mask over the index range (linear time: sorting a 10-million selection would take seconds)."""
@@ -280,10 +289,7 @@ class EmbeddingView(ProjectViewer):
         started = time.perf_counter()
         self.points = self.data.points(s.analysis, s.category, s.embedding, s.x_dim, s.y_dim)
         codes, names, colors, counts = colouring(self.data, s, self.points)
-        # HoloViews 1.23's datashade draws nothing for a single category: give it an unused second one
-        keys = dict(zip(names, colors)) if len(names) > 1 else {names[0]: colors[0], "\u200b": colors[0]}
-        points = hv.Points(self.points.frame(codes, list(keys)), kdims=["x", "y"], vdims=["c"])
-        shaded = dynspread(datashade(points, aggregator=ds.count_cat("c"), color_key=keys, min_alpha=90), threshold=0.7, max_px=3)
+        shaded = shaded_points(self.points, codes, names, colors)
         selected = dynspread(datashade(hv.DynamicMap(lambda data: hv.Points(data, kdims=["x", "y"]), streams=[self.selected_pipe]),
                                        cmap=[SELECTED_COLOR, SELECTED_COLOR], min_alpha=255), threshold=0.9, max_px=4)
         x0, x1, y0, y1 = self.points.bounds
