@@ -9,6 +9,7 @@ import sys
 
 from relaylab.explore.app import build_app
 from relaylab.explore.commands import environment_projects
+from relaylab.explore.data import serve_paths
 from relaylab.explore.embedding import warm_up
 
 
@@ -29,4 +30,5 @@ def project_paths() -> tuple[list[str], str | None]:
 
 warm_up()  # once per process; with `panel serve --warm` before the first browser connects
 paths, message = project_paths()
+serve_paths(paths)  # this process answers image URLs of these projects, also when another process served the page
 build_app(paths, message=message).servable(title="relaylab explorer")

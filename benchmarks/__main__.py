@@ -23,6 +23,7 @@ SUITES: dict[str, str] = {
     "gpu": "benchmarks.gpu",
     "knn": "benchmarks.knn",
     "cli": "benchmarks.cli",
+    "serve": "benchmarks.serve",
 }
 
 

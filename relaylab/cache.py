@@ -52,9 +52,14 @@ class LRU:
                 self._bytes -= self._items.pop(key)[1]
             self._items[key] = (value, nbytes)
             self._bytes += nbytes
+        self.trim()
+        return value
+
+    def trim(self) -> None:
+        """Drop the least recently used items until the bounds hold again (after a bound was lowered)."""
+        with self._lock:
             while len(self._items) > 1 and self._over():
                 self._bytes -= self._items.popitem(last=False)[1][1]
-            return value
 
     def _over(self) -> bool:
         return (self.max_items is not None and len(self._items) > self.max_items) or \

@@ -200,12 +200,14 @@ def test_colormap_preview_is_a_gradient_from_minus_one_to_one():
 
 
 def test_project_data_renders_each_png_once_with_its_content_hash(project_path):
+    from relaylab.explore.data import CACHE
+
     data = ProjectData.of(project_path)
-    data.pngs.clear()
+    CACHE.clear()
     png, etag = data.png(6, "overlay", "jet")
     assert etag == hashlib.sha256(png).hexdigest()[:32]
-    assert data.png(6, "overlay", "jet")[0] is png and len(data.pngs) == 1 and data.pngs.nbytes == len(png)
-    assert data.png(6, "overlay", "seismic")[0] != png and len(data.pngs) == 2
+    assert data.png(6, "overlay", "jet")[0] is png and len(CACHE) == 1 and CACHE.nbytes == len(png) + len(etag)
+    assert data.png(6, "overlay", "seismic")[0] != png and len(CACHE) == 2
     data.png(6, "input", "jet")
     assert data.png(6, "input", "seismic")[0] is data.png(6, "input", "jet")[0]  # inputs have no colour map
     np.testing.assert_array_equal(decode(png), render.render_rgba(data.project, 6, "overlay", "jet"))

@@ -15,6 +15,7 @@ import io
 import json
 import logging
 import os
+import weakref
 from pathlib import Path
 
 import panel as pn
@@ -30,6 +31,10 @@ from .inspector import SampleInspector
 from .serve import colormap_url
 
 log = logging.getLogger(__name__)
+
+MAX_STATE_BYTES = 8 * 2**20  # an imported state file (a selection of a million samples is ~7 MB of JSON)
+MAX_STATE_DEPTH = 32  # exported states nest 4 levels
+LIVE = weakref.WeakSet()  # the ExplorerApps alive in this process (one per open session): what a closed session must leave
 
 STYLE = """
 .rl-footer { color: #555; font-size: 0.9em; border-top: 1px solid #ddd; padding-top: 4px; }
@@ -64,7 +69,7 @@ class ProjectView(pn.viewable.Viewer):
         if data.has_model:
             from .layers import LayerInspector
 
-            self.layer_inspector = LayerInspector(data, self.state)
+            self.layer_inspector = LayerInspector(data, self.state, lazy=True)
         self.compare = CompareView(data, self.state)
         self.tab_names = ["analysis", "sample"] + (["layers"] if self.layer_inspector is not None else []) + ["compare"]
         self.tabs = pn.Tabs(("Analysis", self._analysis_tab()), ("Sample inspector", self.sample_inspector),
@@ -159,6 +164,9 @@ class ExplorerApp(pn.viewable.Viewer):
         self._on_view_change()
         if pn.state.curdoc is not None:
             pn.state.onload(self._on_view_change)  # the browser's address (for the share link) is known from now on
+            if pn.state.curdoc.session_context is not None:
+                pn.state.curdoc.on_session_destroyed(release_session)
+        LIVE.add(self)
 
     @property
     def current(self) -> ProjectView | None:
@@ -227,11 +235,17 @@ class ExplorerApp(pn.viewable.Viewer):
 
     def import_state(self, data: bytes | str | dict, file: str = "state file") -> None:
         """Restore an exported state (relaylab's or ViRelAy's) in the tab of the project it names."""
-        if isinstance(data, bytes):
+        if isinstance(data, bytes | str):
+            if len(data) > MAX_STATE_BYTES:
+                raise RelaylabError.at(file, "", f"a state file of at most {MAX_STATE_BYTES // 2**20} MB", f"{len(data):,} bytes: too large")
             try:
                 data = json.loads(data)
             except (json.JSONDecodeError, UnicodeDecodeError) as error:
                 raise RelaylabError.at(file, "", "a JSON file exported by relaylab or ViRelAy", str(error)) from None
+            except RecursionError:
+                raise RelaylabError.at(file, "", f"JSON nested at most {MAX_STATE_DEPTH} levels deep", "nested too deeply") from None
+        if json_depth(data) > MAX_STATE_DEPTH:
+            raise RelaylabError.at(file, "", f"JSON nested at most {MAX_STATE_DEPTH} levels deep", "nested too deeply")
         if not isinstance(data, dict):
             raise RelaylabError.at(file, "", "a JSON object", type(data).__name__)
         project = vs.pick_project([v.project for v in self.views], data.get("projectName"), data.get("projectId"), file)
@@ -244,6 +258,25 @@ class ExplorerApp(pn.viewable.Viewer):
         toolbar = pn.Row(self.export, self.import_, self.share, self.share_note, align="center", css_classes=["rl-toolbar"])
         header = pn.Row(pn.pane.Markdown("## relaylab explorer", margin=(0, 10)), toolbar)
         return pn.Column(header, self.alert, self.tabs, self.footer, sizing_mode="stretch_width", stylesheets=[STYLE])
+
+
+def json_depth(value, limit: int = MAX_STATE_DEPTH + 1) -> int:
+    """How deeply lists and objects nest in a parsed JSON value (counted up to `limit`)."""
+    depth, level = 0, [value]
+    while level and depth < limit:
+        depth += 1
+        level = [v for item in level if isinstance(item, dict | list) for v in (item.values() if isinstance(item, dict) else item)
+                 if isinstance(v, dict | list)]
+    return depth
+
+
+def release_session(session_context) -> None:
+    """A browser session closed (Bokeh destroys it once its websocket has been gone a while): give its memory back.
+    Its views, state and plots are freed with the document (nothing outside holds them: `LIVE` is weak); Python's
+    garbage collector and the C allocator are asked to return the memory now, once for sessions closing together."""
+    from .serve import release_memory_soon
+
+    release_memory_soon()
 
 
 class Explorer(pn.viewable.Viewer):

@@ -36,6 +36,8 @@ class CompareView(ProjectViewer):
                                         css_classes=[f"rl-compare-{side}"]) for side in ("left", "right")]
         self.legends = [pn.pane.HTML("", width=180) for _ in self.panes]
         self.message = pn.pane.HTML("", css_classes=["rl-compare-note"])
+        self._stale = True
+        self.state.param.watch(lambda event: self.refresh() if self._stale else None, "tab")
         self.refresh()
 
     def _on_select(self, event) -> None:
@@ -59,7 +61,11 @@ class CompareView(ProjectViewer):
     @param.depends("state.analysis", "state.category", "state.compare", "state.embedding", "state.clustering", "state.color_by",
                    "state.x_dim", "state.y_dim", watch=True)
     def refresh(self) -> None:
+        """Redraw both sides; while the compare tab is not shown, only remember to (its plots cost a session ~0.5 s)."""
         s = self.state
+        self._stale = s.tab != "compare"
+        if self._stale:
+            return
         cats = vs.categories(self.project, s.analysis)
         scores = self.data.category_scores(s.analysis)
         self.compare_select.options = {"(choose a category)": "", **{category_label(c, n, scores.get(c)): c for c, n in cats.items()

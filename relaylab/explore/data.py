@@ -5,8 +5,11 @@ views and the HTTP image handler alike, the same object. It holds what every ses
 `Project` (without the analyses that cannot be read, which `problems` lists), the embeddings' points in Z-order,
 per-sample labels and predictions, cluster labels, the rendered PNGs with their ETags, and, for a project whose store
 records a model, the model and its `SampleExplainer`, loaded on first use. Nothing a user chooses lives here: that is
-each session's `ViewState`. The caches last as long as the process: a project rewritten on disk while it is served
-shows its old data until a restart.
+each session's `ViewState`. A project rewritten on disk while it is served shows its old data until a restart.
+
+Point arrays, clusterings and PNGs of every project go into one least-recently-used cache per process (`CACHE`),
+bounded in bytes by a memory budget (`set_cache_budget`, `relaylab serve --cache-memory MB`): the server's memory
+stays bounded whatever the number of sessions and projects, and what one session rendered is a hit for the next.
 
 The image URLs name a project by `key`, a hash of its resolved path, never by the path itself; the image handler
 serves only projects registered here (`ProjectData.registered(key)`).
@@ -36,14 +39,48 @@ from .points import Points
 
 log = logging.getLogger(__name__)
 
-POINTS_CACHE = 8  # embeddings (analysis, category, embedding, x, y) kept in Z-order per project
-CLUSTERS_CACHE = 32  # clusterings kept per project
-PNG_CACHE_BYTES = 256 * 2**20  # rendered PNGs kept per project
+CACHE_BYTES = 512 * 2**20  # the default memory budget of CACHE
+SCORES_CACHE = 32  # category scores (small) kept per project
 
 _lock = threading.Lock()
 _by_path: dict[Path, ProjectData] = {}
 _by_key: dict[str, ProjectData] = {}
+_served: dict[str, Path] = {}  # key → path of every project this process serves, opened or not yet
 _maps = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relaylab-map")  # on-demand maps, one at a time per process
+
+
+def nbytes(value) -> int:
+    """The memory a cached value holds: its NumPy/pandas arrays and bytes, counted once each (an estimate: Python
+    object overhead is left out)."""
+    if isinstance(value, bytes | str):
+        return len(value)
+    if isinstance(value, np.ndarray):
+        return value.nbytes
+    if isinstance(value, pd.Index):
+        return int(value.memory_usage())
+    if isinstance(value, tuple | list):
+        return sum(nbytes(v) for v in value)
+    if isinstance(value, Points):
+        return sum(a.nbytes for a in (value.keys, value.x, value.y, value.sample, value.member))
+    return 64
+
+
+CACHE = LRU(max_bytes=CACHE_BYTES, size=nbytes)  # every project's points, clusterings and PNGs, keyed (project key, kind, ...)
+
+
+def serve_paths(paths) -> None:
+    """The projects this process serves (`relaylab serve`, `apps/explorer.py`): their image URLs are answered even
+    before a session of this process opened them."""
+    for path in paths:
+        _served[project_key(path)] = Path(path).resolve()
+
+
+def set_cache_budget(max_bytes: int) -> None:
+    """Bound the process's cache (`CACHE`) to `max_bytes`; the least recently used items beyond it are dropped now."""
+    if max_bytes < 2**20:
+        raise RelaylabError.at("--cache-memory", "", "a memory budget of at least 1 MB", f"{max_bytes} bytes")
+    CACHE.max_bytes = int(max_bytes)
+    CACHE.trim()
 
 
 @dataclasses.dataclass
@@ -135,10 +172,7 @@ class ProjectData:
         self.project = project
         self.problems = list(problems or [])
         self.key = project_key(project.path)
-        self._points = LRU(max_items=POINTS_CACHE)
-        self._clusters = LRU(max_items=CLUSTERS_CACHE)
-        self._scores = LRU(max_items=CLUSTERS_CACHE)  # category scores per analysis
-        self.pngs = LRU(max_bytes=PNG_CACHE_BYTES, size=lambda item: len(item[0]))
+        self._scores = LRU(max_items=SCORES_CACHE)  # category scores per analysis
         self._lock = threading.Lock()
         self._model_lock = threading.Lock()  # loading a model takes a while: not under the lock of the quick reads
         self._sample_info: SampleInfo | None = None
@@ -159,8 +193,17 @@ class ProjectData:
 
     @staticmethod
     def registered(key: str) -> ProjectData | None:
-        """The project served under an image URL's key, or None."""
-        return _by_key.get(key)
+        """The project served under an image URL's key, or None. A served project (`serve_paths`) not opened yet by
+        this process is opened now: with several server processes, the page may come from one and its images from
+        another."""
+        data = _by_key.get(key)
+        if data is None and key in _served:
+            try:
+                data = ProjectData.of(_served[key])
+            except RelaylabError as error:
+                log.warning("image request for %s: %s", _served[key], error)
+                return None
+        return data
 
     def register(self) -> str:
         """Make this project's images servable by key (`of` does this; for a ProjectData made from an open Project)."""
@@ -185,7 +228,7 @@ class ProjectData:
             log.info("%s/%s/%s: %d points in Z-order in %.2f s", analysis, category, embedding, len(points), time.perf_counter() - started)
             return points
 
-        return self._points.get((analysis, category, embedding, x_dim, y_dim), make)
+        return CACHE.get((self.key, "points", analysis, category, embedding, x_dim, y_dim), make)
 
     def clusters(self, analysis: str, category: str, clustering: str) -> Clusters | None:
         """A category's clustering; None when any of the three is empty (no clustering chosen), RelaylabError when the
@@ -206,7 +249,7 @@ class ProjectData:
                                        repr(clustering))
             return Clusters(pd.Index(vs.member_indices(node)), vs.cluster_labels(node, clustering))
 
-        return self._clusters.get((analysis, category, clustering), make)
+        return CACHE.get((self.key, "clusters", analysis, category, clustering), make)
 
     @property
     def sample_info(self) -> SampleInfo:
@@ -303,7 +346,7 @@ class ProjectData:
             png = render.render_png(self.project, sample, mode, colormap, name)
             return png, hashlib.sha256(png).hexdigest()[:32]
 
-        return self.pngs.get((name, int(sample), mode, None if mode == "input" else colormap), make)
+        return CACHE.get((self.key, "png", name, int(sample), mode, None if mode == "input" else colormap), make)
 
     # ------------------------------------------------------------------------------------------------ the model
 

@@ -132,14 +132,17 @@ class ChannelGrid(pn.custom.JSComponent):
 
 class LayerInspector(ProjectViewer):
     """One project's model, layer by layer: diagram, activation embedding, and a picked sample's explanations. The
-    inspected layer is the state's `layer` (None: `default_layer()`), the picked sample the state's `sample`."""
+    inspected layer is the state's `layer` (None: `default_layer()`), the picked sample the state's `sample`.
+
+    With lazy=True (the explorer's tab) nothing is drawn until the state's `tab` is "layers" for the first time: a
+    session that never opens the tab costs no plots and no model."""
 
     channel_order = param.Selector(default="score", objects=["score", "index"], doc="order of the channel thumbnails")
     channel = param.Integer(default=None, allow_None=True, doc="channel shown zoomable at full resolution")
     embedding = param.Selector(default=None, objects=[], allow_None=True, doc="embedding of the activation analysis")
     colormap = param.Selector(default="bwr", objects=list(COLORMAPS), doc="colour map of the channel activations")
 
-    def __init__(self, data: ProjectData, state: ViewState, **params):
+    def __init__(self, data: ProjectData, state: ViewState, lazy: bool = False, **params):
         super().__init__(data, state, **params)
         self.explainer = None
         self.layers: list[dict] = []
@@ -173,7 +176,17 @@ class LayerInspector(ProjectViewer):
         self.zoom_pane = pn.pane.HoloViews(None, width=420, height=400, linked_axes=False)
         self._layout = pn.Column(sizing_mode="stretch_width")
         self._choosing_embedding = False
-        self._load()
+        self._waiting = None
+        if lazy and state.tab != "layers":
+            self._waiting = state.param.watch(self._on_first_show, "tab")
+        else:
+            self._load()
+
+    def _on_first_show(self, event) -> None:
+        if event.new == "layers" and self._waiting is not None:
+            self.state.param.unwatch(self._waiting)
+            self._waiting = None
+            self._load()
 
     # ----------------------------------------------------------------------------------------------------- loading
 

@@ -26,7 +26,8 @@ from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlencode
 
 import tornado.ioloop
-import tornado.web
+from bokeh.server.auth_provider import NullAuth
+from bokeh.server.views.auth_request_handler import AuthRequestHandler
 
 from ..errors import RelaylabError
 from .colormaps import DEFAULT_COLORMAP, check_colormap
@@ -35,6 +36,7 @@ from .render import check_attributed, check_mode, check_sample, colormap_preview
 
 log = logging.getLogger(__name__)
 
+QUERY_LIMITS = {"mode": 32, "colormap": 64, "attribution": 256, "width": 8, "height": 8}  # name → longest value accepted
 IMAGE_ROUTE = r"/relaylab/img/([^/]+)/([^/]+)\.png"
 COLORMAP_ROUTE = r"/relaylab/colormap/([^/]+)\.png"
 CACHE_CONTROL = "private, max-age=3600"
@@ -43,25 +45,40 @@ _served_apps: weakref.WeakSet = weakref.WeakSet()
 _prefixes: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # ApplicationContext → URL prefix (None: no server)
 
 
-class ImageHandler(tornado.web.RequestHandler):
-    """GET /relaylab/img/<project key>/<sample>.png?mode=...&colormap=...&attribution=... → PNG with ETag."""
+class ImageHandler(AuthRequestHandler):
+    """GET /relaylab/img/<project key>/<sample>.png?mode=...&colormap=...&attribution=... → PNG with ETag.
+
+    With a login configured (`relaylab serve --basic-auth/--oauth-*`), requests without a logged-in user get 401: the
+    handler asks the server's auth provider, as Bokeh's own page and websocket handlers do."""
 
     def fail(self, status: int, message: str) -> None:
         self.set_status(status)
         self.set_header("Content-Type", "text/plain; charset=utf-8")
         self.finish(message + "\n")
 
+    async def prepare(self) -> None:
+        await super().prepare()  # AuthRequestHandler: the current user from the auth provider (async providers too)
+        provider = getattr(self.application, "auth_provider", None)
+        if provider is not None and not isinstance(provider, NullAuth) and not self.current_user:
+            self.fail(401, "authentication required: log in to the explorer first")
+            return
+        for name, value in self.request.query_arguments.items():
+            if name not in QUERY_LIMITS:
+                return self.fail(400, f"{name}: not a parameter of this route (expected {', '.join(QUERY_LIMITS)})")
+            if len(value) != 1 or len(value[0]) > QUERY_LIMITS[name]:
+                return self.fail(400, f"{name}: expected one value of at most {QUERY_LIMITS[name]} characters")
+
     async def get(self, key: str, sample_text: str) -> None:
-        data = ProjectData.registered(key)
+        loop = tornado.ioloop.IOLoop.current()
+        data = await loop.run_in_executor(_executor, ProjectData.registered, key) if len(key) <= 64 else None
         if data is None:
             return self.fail(404, f"unknown project '{key}': this server serves only the projects it was started with")
         mode = self.get_argument("mode", "input")
         colormap = self.get_argument("colormap", DEFAULT_COLORMAP)
         attribution = self.get_argument("attribution", None)
-        try:
-            sample = int(sample_text)
-        except ValueError:
-            return self.fail(400, f"sample: expected an integer sample index (found {sample_text!r})")
+        if not sample_text.isdigit() or len(sample_text) > 18:
+            return self.fail(400, f"sample: expected a non-negative integer sample index (found {sample_text[:40]!r})")
+        sample = int(sample_text)
         try:
             check_mode(mode)
             check_colormap(colormap)
@@ -71,7 +88,6 @@ class ImageHandler(tornado.web.RequestHandler):
             check_sample(data.project, sample)
             if mode != "input":
                 check_attributed(data.project, sample, attribution)
-            loop = tornado.ioloop.IOLoop.current()
             png, etag = await loop.run_in_executor(_executor, data.png, sample, mode, colormap, attribution)
         except RelaylabError as error:
             return self.fail(404, str(error))
@@ -97,13 +113,42 @@ class ColormapHandler(ImageHandler):
     async def get(self, name: str) -> None:
         try:
             check_colormap(name)
-            width, height = int(self.get_argument("width", "256")), int(self.get_argument("height", "16"))
-        except (RelaylabError, ValueError) as error:
+        except RelaylabError as error:
             return self.fail(400, str(error))
+        try:
+            width, height = int(self.get_argument("width", "256")), int(self.get_argument("height", "16"))
+        except ValueError:
+            return self.fail(400, "width, height: expected integers (pixels)")
         if not (1 <= width <= 4096 and 1 <= height <= 4096):
             return self.fail(400, f"width, height: expected 1..4096 (found {width}, {height})")
         png = colormap_preview_png(name, width, height)
         self.send_png(png, hashlib.sha256(png).hexdigest()[:32])
+
+
+_release_pending = False
+
+
+def release_memory() -> None:
+    """Collect garbage and hand freed heap pages back to the system (glibc keeps them otherwise, so a server's RSS would
+    only grow): after sessions closed."""
+    global _release_pending
+    _release_pending = False
+    gc.collect()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, Windows, musl): the collector alone
+        pass
+
+
+def release_memory_soon(delay: float = 1.0) -> None:
+    """`release_memory` once, `delay` seconds from now on the server's event loop (sessions closing together share it)."""
+    global _release_pending
+    if _release_pending:
+        return
+    _release_pending = True
+    tornado.ioloop.IOLoop.current().call_later(delay, release_memory)
 
 
 def routes(prefix: str = "") -> list[tuple]:

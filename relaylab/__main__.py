@@ -1,0 +1,7 @@
+"""`python -m relaylab ...`: the same command line as `relaylab ...`."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
