@@ -277,11 +277,12 @@ def test_num_procs_2_serves_each_others_share_links_and_images(make_project_modu
             links, images = [], []
             for k, session in enumerate(sessions):
                 category = session.find("rl-category", "CustomSelect", newest=True)
-                options = [o[0] for o in session.attr(category, "options") if o[0]]
+                options = [o[0] for o in session.attr(category, "options") if o[0] and o[0] != session.attr(category, "value")]
                 share = session.find("rl-share", newest=True)
                 await session.timed(session.set(category, "value", options[k % len(options)]),
                                     lambda c: c.model == share and c.attr == "value", timeout=60)
-                links.append(session.attr(share, "value"))
+                # the link as the page shows it (this client sends no browser location: its query part only)
+                links.append(f"http://127.0.0.1:{port}/explorer?" + session.attr(share, "value").split("?", 1)[1])
                 flex = session.find("rl-cluster-buttons", newest=True)
                 button = session.with_class("rl-cluster-button", session.refs(flex, "children"))[0]
                 cards = session.data_of(session.find("rl-cards", newest=True))
