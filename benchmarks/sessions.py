@@ -66,7 +66,13 @@ class LightSession:
         from tornado.websocket import websocket_connect
 
         started = time.perf_counter()
-        response = await AsyncHTTPClient().fetch(HTTPRequest(self.url, headers=self.headers, request_timeout=timeout))
+        # a client of its own: the shared one queues all but 10 requests, so 50 sessions opening at once would time out
+        # in the client's queue, not in the server
+        client = AsyncHTTPClient(force_instance=True)
+        try:
+            response = await client.fetch(HTTPRequest(self.url, headers=self.headers, request_timeout=timeout))
+        finally:
+            client.close()
         page = response.body.decode()
         match = TOKEN.search(page)
         if match is None:

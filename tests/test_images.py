@@ -261,7 +261,7 @@ def test_image_route_answers_bad_requests_with_4xx_and_a_message(served):
     key = base.split("/")[3]
     cases = [
         (f"/relaylab/img/{key}/24.png?{query}", 404, "sample index in 0..23"),
-        (f"/relaylab/img/{key}/-1.png?{query}", 404, "sample index in 0..23"),
+        (f"/relaylab/img/{key}/-1.png?{query}", 400, "non-negative integer sample index"),
         (f"/relaylab/img/{key}/x.png?{query}", 400, "integer sample index"),
         (f"/relaylab/img/{key}/3.png?mode=overlay&colormap=viridis", 400, "colormap: expected one of"),
         (f"/relaylab/img/{key}/3.png?mode=heat", 400, "mode: expected one of"),

@@ -410,11 +410,14 @@ class LayerInspector(ProjectViewer):
         self.map_progress.visible = False
         node = self.project.analyses[name][CATEGORY]
         available = sorted(node["embedding"].children) if "embedding" in node.children else []
+        # chosen before the Select's options change: a widget on a live page answers new options with its first one
+        chosen = self.embedding
+        if chosen not in available or (on_demand and name != self._map_shown and "tsne" in available):
+            chosen = "tsne" if "tsne" in available else (available[0] if available else None)
         self._choosing_embedding = True  # the Select follows; this is no new choice of the user's
         try:
             self.param.embedding.objects = available
-            if self.embedding not in available or (on_demand and name != self._map_shown and "tsne" in available):
-                self.embedding = "tsne" if "tsne" in available else (available[0] if available else None)
+            self.embedding = chosen
         finally:
             self._choosing_embedding = False
         if self.embedding is None:
