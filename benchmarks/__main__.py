@@ -24,6 +24,7 @@ SUITES: dict[str, str] = {
     "knn": "benchmarks.knn",
     "cli": "benchmarks.cli",
     "serve": "benchmarks.serve",
+    "poisoning": "benchmarks.poisoning",
 }
 
 

@@ -650,6 +650,45 @@ def test_suspicion_sort_puts_the_planted_class_first(page, demo_server):
     expect(page.locator(".rl-share input")).to_have_value(re.compile(r"categoryOrder=suspicion"))
 
 
+def test_census_rank_and_the_artifact_clusters_prototype_and_mask_beside_its_samples(page, demo_server, artifacts):
+    """The demo's census (taken when the demo is built): the planted class is ranked first in the sidebar; selecting
+    the cluster holding the marked samples shows its mean and median relevance and a mask lying on the square."""
+    from relaylab.analyze.census_job import open_census, ranking
+    from relaylab.explore.layers import png_array
+
+    url, store = demo_server
+    category, members, artifact = artifact_facts(store)
+    rows = ranking(open_census(store, "spectral_analysis"))
+    assert rows[0]["category"] == category
+    from relaylab.demo import build as demo
+
+    box = demo.ARTIFACT_BOX
+    with open_project(store) as project:
+        clusters = {name: np.asarray(values.values) for name, values in project.analyses["spectral_analysis"][category]["cluster"].dataset.data_vars.items()}
+    open_explorer(page, url)
+    choose_category(page, category)
+    census = page.locator(".rl-census")
+    expect(census).to_have_attribute("data-rank", "1")
+    assert float(census.get_attribute("data-score")) == pytest.approx(rows[0]["score"], abs=1e-4)
+    # the cluster button whose members are the marked samples (as the census's clustering labels them)
+    labels = clusters[rows[0]["clustering"]]
+    marked = int(np.bincount(labels[artifact[members]]).argmax())
+    page.locator(".rl-clustering select").select_option(label=rows[0]["clustering"])
+    size = int((labels == marked).sum())
+    button = page.locator(".rl-cluster-button button:visible", has_text=f"Cluster {marked} ({size})")  # this category's buttons
+    button.click()
+    expect(page.locator(".rl-selected").first).to_have_attribute("data-count", str(size))
+    body = page.locator(".rl-prototype-body")
+    expect(body).to_have_attribute("data-count", str(size))
+    images = {img.get_attribute("data-kind"): png_array(base64.b64decode(img.get_attribute("src").split(",", 1)[1]))
+              for img in body.locator("img").all()}
+    assert set(images) == {"mean", "median", "estimated"}
+    mask = images["estimated"][..., 0] > 127
+    y0, y1, x0, x1 = (round(v * mask.shape[0] / demo.SIZE) for v in box)
+    assert mask.any() and mask[y0:y1, x0:x1].sum() / mask.sum() >= 0.8, "the mask should lie on the planted square"
+    page.screenshot(path=artifacts / "census-prototype.png", full_page=True)
+
+
 def test_pinned_samples_survive_a_category_switch(page, demo_server, artifacts):
     url, store = demo_server
     category, members, _ = artifact_facts(store)

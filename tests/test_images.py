@@ -12,9 +12,11 @@ import io
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import h5py
@@ -278,9 +280,11 @@ def test_image_route_answers_bad_requests_with_4xx_and_a_message(served):
 
 @contextlib.contextmanager
 def child_server(command: list[str], port: int, path: str, log: Path, env: dict | None = None, timeout: float = 60):
-    """A server started as a child process (output to `log`), once it answers `path` with 200; terminated afterwards."""
+    """A server started as a child process (output to `log`), once it answers `path` with 200; terminated afterwards
+    with every process it forked (`--num-procs`): it runs in a process group of its own, and the group is stopped."""
     with open(log, "w") as output:
-        server = subprocess.Popen(command, cwd=REPO, env={**os.environ, **(env or {})}, stdout=output, stderr=subprocess.STDOUT)
+        server = subprocess.Popen(command, cwd=REPO, env={**os.environ, **(env or {})}, stdout=output, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
     try:
         try:
             wait_for(port, path, timeout)
@@ -288,8 +292,28 @@ def child_server(command: list[str], port: int, path: str, log: Path, env: dict 
             pytest.fail(f"the server did not start: {' '.join(command)}\n{log.read_text()[-3000:]}")
         yield server
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        stop_group(server)
+
+
+def stop_group(process: subprocess.Popen, timeout: float = 30) -> None:
+    """SIGTERM to the process group `process` leads, then SIGKILL to what is left of it after `timeout` seconds."""
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pass
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(process.pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
 
 
 def session_texts(port: int, path: str, **arguments: str) -> tuple[list[str], list[str]]:

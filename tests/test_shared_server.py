@@ -9,7 +9,6 @@ import asyncio
 import base64
 import gc
 import http.client
-import json
 import sys
 import time
 import urllib.parse

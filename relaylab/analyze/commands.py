@@ -90,6 +90,23 @@ def cmd_score(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_census(args: argparse.Namespace) -> int:
+    from .census_job import take_census
+    from .census_report import write_report
+
+    result = take_census(args.project, args.analysis, clustering=args.clustering, scheduler=args.scheduler,
+                         n_workers=args.workers, progress=not args.quiet)
+    report = args.report or args.project.resolve().parent / f"{args.project.name.removesuffix('.zarr')}.census-{args.analysis}"
+    page = write_report(args.project, args.analysis, report, top=args.top)
+    data = json.loads((page.parent / "census.json").read_text())
+    print(f"census/{args.analysis}: {len(result['done'])} categories in {args.project}; report {page}")
+    for row in data["categories"][:5]:
+        print(f"  #{row['rank']} {row['name']}: score {row['score']:.3f}{'  FLAGGED' if row['flagged'] else ''}")
+    for category, reason in result["skipped"].items():
+        print(f"skipped {category}: {reason}")
+    return EXIT_OK
+
+
 def read_marked(args: argparse.Namespace, project) -> np.ndarray:
     """Dataset indices of the marked samples: from a file (JSON list, .npy, or one index per line) or a boolean
     coordinate of the inputs (e.g. `artifact`, which the demo records)."""
@@ -176,3 +193,26 @@ def add_commands(commands) -> None:
     marked.add_argument("--marked", metavar="FILE", help="dataset indices of the marked samples (JSON list, .npy, or one per line)")
     marked.add_argument("--marked-coord", metavar="NAME", help="a boolean coordinate of the inputs marking them")
     score.set_defaults(run=cmd_score)
+
+    census = commands.add_parser(
+        "census", help="rank every category by how strongly its relevance splits into separate strategies",
+        formatter_class=RAW,
+        description="Where to look first, without marked samples: every category of a SpRAy analysis ranked by its\n"
+                    "census score (the spectrum's relative eigengap, or a small group of samples whose relevance sits\n"
+                    "far from the category's main strategy), and the samples inside each ranked by that distance.\n"
+                    "Results go into the store (census/<analysis>/, resumable: re-run the same command after a kill)\n"
+                    "and into a report: census.json for scripts, index.html with each top category's spectrum and,\n"
+                    "per cluster, its mean and median relevance, an estimated artifact mask and its typical samples.\n\n"
+                    "  relaylab census project.zarr                      # census of spectral_analysis, report beside the store\n"
+                    "  relaylab census project.zarr --top 50 --report out/census")
+    census.add_argument("project", type=Path, metavar="STORE", help="a relaylab Zarr store with a SpRAy analysis")
+    census.add_argument("--analysis", default="spectral_analysis", help="analysis name (default: spectral_analysis)")
+    census.add_argument("--clustering", metavar="NAME", help="clustering whose clusters the report shows (default: per category, "
+                        "the k-means one with the k the spectrum suggests)")
+    census.add_argument("--report", type=Path, metavar="DIR", help="report folder (default: STORE's folder/<store name>.census-<analysis>)")
+    census.add_argument("--top", type=int, default=20, metavar="N", help="categories shown in detail in the HTML (default: 20)")
+    census.add_argument("--scheduler", metavar="ADDRESS", help="a Dask scheduler, e.g. tcp://host:8786 (default: this process, "
+                        "or a LocalCluster with --workers)")
+    census.add_argument("--workers", type=int, help="LocalCluster workers")
+    census.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    census.set_defaults(run=cmd_census)

@@ -11,7 +11,7 @@ attributes.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing
 from pathlib import Path
 
@@ -173,20 +173,26 @@ def analyze(project_path: str | Path, name: str, config: dict, *, scheduler: str
 
 def run_tasks(writer: zstore.AnalysisWriter, attribution: str, groups: dict[str, np.ndarray], config: dict,
               scheduler: str | None, n_workers: int | None, progress: bool, sample_bytes: int = 0,
-              batch_samples: int | None = None) -> None:
+              batch_samples: int | None = None, *, work: list[dict] | None = None, analyse: Callable | None = None,
+              task: Callable | None = None) -> None:
     """Batches of categories (`batches`) as Dask tasks, largest first; each worker commits its batch as one pack
     (the store is on a file system the workers share). Work that fits in one batch runs in this process, committed
     category by category, when neither a scheduler nor a number of workers is given: starting a LocalCluster would
-    cost more than the work."""
+    cost more than the work.
+
+    Another per-category job (the census) passes its own batches (`work`: category → whatever its `analyse` reads),
+    `analyse(store, group, attribution, batch, config)` yielding (category, tree), and `task(writer, attribution,
+    batch, config)`, its Dask task, which commits and returns the categories done."""
     store = str(writer.path)
-    work = batches(groups, sample_bytes, batch_samples)
+    work = work if work is not None else batches(groups, sample_bytes, batch_samples)
+    analyse, task = analyse or analyse_batch, task or run_batch
     with tqdm(total=len(groups), desc=writer.group, unit="category", disable=not progress) as bar:
         def committed(categories: list[str]) -> None:
             bar.set_postfix_str(categories[-1])
             bar.update(len(categories))
 
         if scheduler is None and n_workers is None and len(work) == 1:
-            for category, tree in analyse_batch(store, writer.group, attribution, work[0], config):
+            for category, tree in analyse(store, writer.group, attribution, work[0], config):
                 writer.commit(category, tree)
                 committed([category])
             return
@@ -194,8 +200,8 @@ def run_tasks(writer: zstore.AnalysisWriter, attribution: str, groups: dict[str,
 
         with dask_client(scheduler, store, local=True, n_workers=n_workers) as client:
             remote = writer.for_worker()
-            futures = [client.submit(run_batch, remote, attribution, batch, config,
-                                     key=f"spray-{writer.name}-{i}-{next(iter(batch))}", pure=False) for i, batch in enumerate(work)]
+            futures = [client.submit(task, remote, attribution, batch, config,
+                                     key=f"{writer.root}-{writer.name}-{i}-{next(iter(batch))}", pure=False) for i, batch in enumerate(work)]
             for future in as_completed(futures):
                 done = future.result()
                 writer.record(done)

@@ -625,8 +625,9 @@ def _template(files: dict[str, bytes], nodes: dict[str, xr.Dataset]) -> dict | N
             meta = json.loads(files[f"{key}/zarr.json"])
             codecs = meta.get("codecs", [])
             if (meta["chunk_grid"]["configuration"]["chunk_shape"] != list(var.shape) or var.size == 0 or var.ndim == 0
-                    or [c["name"] for c in codecs] != ["bytes", "zstd"] or codecs[0]["configuration"].get("endian") != "little"
-                    or codecs[1]["configuration"].get("checksum")):
+                    or [c["name"] for c in codecs] != ["bytes", "zstd"]
+                    or codecs[0].get("configuration", {}).get("endian", "little") != "little"  # one-byte types name no endian
+                    or codecs[1].get("configuration", {}).get("checksum")):
                 return None
             arrays[key] = (path, name, meta, numcodecs.Zstd(level=codecs[1]["configuration"]["level"]))
     groups = {key: value for key, value in files.items()
@@ -664,6 +665,7 @@ def _write_files(folder: Path, files: dict[str, bytes], *, clear: bool = True) -
 PACKS = "_packs"  # analyses/<name>/_packs/<first category>/: small categories written together (AnalysisWriter.commit_pack)
 PACK_MEMBERS = 4_000  # members per pack that write_analysis makes (relaylab analyze packs one task's categories)
 MEMBER, PACKED = "member", "category"
+ANALYSES = "analyses"
 CATEGORY_ATTRS = "category_attrs"  # a pack's root attribute: each category's own root attributes
 
 
@@ -737,9 +739,9 @@ class AnalysisWriter:
     `commit_pack(trees)` for several small ones), `finish()`; as a context manager, an analysis this writer `created`
     is removed if the `with` body fails before any category was committed."""
 
-    def __init__(self, path: Path, name: str, done: set[str], created: bool = False):
-        self.path, self.name, self.group, self.done = path, name, f"analyses/{name}", done
-        self.created = created
+    def __init__(self, path: Path, name: str, done: set[str], created: bool = False, root: str = ANALYSES):
+        self.path, self.name, self.group, self.done = path, name, f"{root}/{name}", done
+        self.created, self.root = created, root
         self.encoder = TreeEncoder()
 
     def __enter__(self) -> AnalysisWriter:
@@ -759,7 +761,7 @@ class AnalysisWriter:
     def for_worker(self) -> AnalysisWriter:
         """A writer of the same analysis to send to a Dask worker, which commits its categories itself (in parallel
         with the other workers, and without sending them back); `done` is not shared: add what the worker reports."""
-        return AnalysisWriter(self.path, self.name, set())
+        return AnalysisWriter(self.path, self.name, set(), root=self.root)
 
     def commit(self, category: str, tree: xr.DataTree) -> None:
         """Write one category, then mark it complete (a category a kill interrupted is redone whole): its files are
@@ -802,26 +804,28 @@ class AnalysisWriter:
         update_group_meta(self.path, self.group, **attrs, status="complete")
 
 
-def begin_analysis(path: str | Path, name: str, attrs: dict | None = None, *, replace: bool = False) -> AnalysisWriter:
+def begin_analysis(path: str | Path, name: str, attrs: dict | None = None, *, replace: bool = False, root: str = ANALYSES,
+                   kind: str = "analysis") -> AnalysisWriter:
     """Create `analyses/<name>`, or reopen the one an earlier run with the same settings (`attrs`) began or finished.
-    One made with other settings is an error, or with `replace` removed and begun anew."""
-    path, group = Path(path), f"analyses/{name}"
-    root = _root(path, mode="r+")
-    meta = group_meta(root, group)
+    One made with other settings is an error, or with `replace` removed and begun anew. `root` and `kind`: another
+    per-category result written the same way (a census: `census/<analysis>`, kind "census")."""
+    path, group = Path(path), f"{root}/{name}"
+    store_root = _root(path, mode="r+")
+    meta = group_meta(store_root, group)
     if meta is not None and attrs and any(meta.get(k) != v for k, v in attrs.items()):
         if not replace:
-            raise RelaylabError.at(path, group, "an analysis run with the same settings, to resume it",
+            raise RelaylabError.at(path, group, f"{'an' if kind[0] in 'aeiou' else 'a'} {kind} run with the same settings, to resume it",
                                    "one with other settings; choose another name or delete it")
         log.info("%s/%s was made with other settings; making it anew", path, group)
         remove_group(path, group)
         meta = None
     if meta is None:
-        root.create_group(group, overwrite=True, attributes={"relaylab": {"kind": "analysis", "status": "writing", **(attrs or {})}})
-        return AnalysisWriter(path, name, set(), created=True)
-    for pack, pack_meta in pack_metas(root, group).items():  # a pack a kill interrupted is redone whole
+        store_root.create_group(group, overwrite=True, attributes={"relaylab": {"kind": kind, "status": "writing", **(attrs or {})}})
+        return AnalysisWriter(path, name, set(), created=True, root=root)
+    for pack, pack_meta in pack_metas(store_root, group).items():  # a pack a kill interrupted is redone whole
         if (pack_meta or {}).get("status") != "complete":
             shutil.rmtree(path / group / PACKS / pack, ignore_errors=True)
-    return AnalysisWriter(path, name, complete_categories(root, group))
+    return AnalysisWriter(path, name, complete_categories(store_root, group), root=root)
 
 
 def complete_categories(root: zarr.Group, group: str) -> set[str]:
@@ -857,11 +861,11 @@ def write_analysis(path: str | Path, name: str, tree: xr.DataTree, *, attrs: dic
         writer.finish()
 
 
-def open_analysis(path: str | Path, name: str, *, chunks: dict | None = {}) -> xr.DataTree:  # noqa: B006 (never mutated)
-    """A complete analysis (one child per category) as a lazy DataTree; `chunks` as in `open_tree`."""
-    group = f"analyses/{name}"
-    root = _root(path)
-    require_complete(path, group, group_meta(root, group))
+def open_analysis(path: str | Path, name: str, *, chunks: dict | None = {}, root: str = ANALYSES) -> xr.DataTree:  # noqa: B006
+    """A complete analysis (one child per category) as a lazy DataTree; `chunks` as in `open_tree`; `root` as in
+    `begin_analysis`."""
+    group = f"{root}/{name}"
+    require_complete(path, group, group_meta(_root(path), group))
     tree = xr.open_datatree(str(path), engine="zarr", group=group, chunks=chunks, consolidated=False, zarr_format=3)
     unpacked: set[str] = set()
     if PACKS in tree.children:  # small categories written together: unpacked into one child each

@@ -6,8 +6,9 @@ pure-white square is pasted in the top-left corner: the only saturated pixels an
 that class wherever it appears. The CNN (`relaylab.demo.model.digits_cnn`) trained on CPU learns the digits and the shortcut;
 `shortcut_rate` (held-out digits of other classes with the square pasted in, predicted as the artifact class) shows
 how much. Then, as a user would: LRP attributions of the true label (and plain gradients, a second set to compare),
-activations of the conv layers, SpRAy of each class's heatmaps, 2-D maps of each layer's activation space, and a
-ViRelAy export. SpRAy of the artifact class separates the samples carrying the square (`relaylab score PROJECT --marked-coord artifact`).
+activations of the conv layers, SpRAy of each class's heatmaps and its census (`relaylab census`), 2-D maps of each
+layer's activation space, and a ViRelAy export. SpRAy of the artifact class separates the samples carrying the square
+(`relaylab score PROJECT --marked-coord artifact`).
 
 The artifact's brightness is what makes it a shortcut: with digits at full ink (255) a square of the same
 brightness competes with strokes, and the network learned it only weakly and differently from seed to seed.
@@ -46,7 +47,7 @@ from .model import digits_cnn
 
 log = logging.getLogger(__name__)
 
-DEMO_VERSION = 3  # a cached demo of another version is rebuilt (2: the model moved to relaylab.demo.model; 3: a second attribution set)
+DEMO_VERSION = 4  # a cached demo of another version is rebuilt (2: the model moved to relaylab.demo.model; 3: a second attribution set; 4: the census)
 MODEL = "relaylab.demo.model:digits_cnn"
 WEIGHTS = "demo-cnn.pt"
 STORE = "project.zarr"
@@ -185,6 +186,7 @@ def build_demo(out_dir: str | os.PathLike, seed: int = 0, progress: bool = True)
 
 def build_into(folder: Path, seed: int, progress: bool) -> None:
     from ..analyze.activations import analyze_activations
+    from ..analyze.census_job import take_census
     from ..analyze.run import analyze
     from ..data.convert import convert_to_virelay
     from ..explain.jobs import activations, attribute
@@ -215,6 +217,7 @@ def build_into(folder: Path, seed: int, progress: bool) -> None:
     attribute(store, name="saliency", method="gradient", target="true_label", progress=progress)  # a second set to compare
     activations(store, layers=ACTIVATION_LAYERS, name="activations", progress=progress)
     analyze(store, "spectral_analysis", SPRAY_CONFIG, n_workers=1, progress=progress)
+    take_census(store, "spectral_analysis", progress=progress)  # where to look first: the explorer's suspicion order
     analyze_activations(store, progress=progress)
     convert_to_virelay(store, folder / VIRELAY, attribution="lrp", progress=progress)
     seconds = time.perf_counter() - started

@@ -28,6 +28,7 @@ from .data import ProjectData
 from .embedding import EmbeddingView
 from .grid import SampleGrid
 from .inspector import SampleInspector
+from .prototype import PrototypeView
 from .serve import colormap_url
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ class ProjectView(pn.viewable.Viewer):
         self.state.apply(vs.fitted_values(data.project, self.state.values()))
         self.embedding = EmbeddingView(data, self.state)
         self.grid = SampleGrid(data, self.state)
+        self.prototype = PrototypeView(data, self.state)
         self.sample_inspector = SampleInspector(data, self.state)
         self.mode = pn.widgets.RadioButtonGroup.from_param(self.state.param.mode, label="Display", color="default", css_classes=["rl-mode"],
                                                            width=280)
@@ -114,7 +116,7 @@ class ProjectView(pn.viewable.Viewer):
         description = str(self.project.metadata.get("description") or "")
         parts = [pn.pane.Markdown(description, width=290, css_classes=["rl-description"], styles={"font-size": "12px"})] if description else []
         parts += [self.embedding.controls(), pn.GridBox(self.attribution, self.colormap, ncols=2), self.preview, self.mode,
-                  self.sampling, self.embedding.side()]
+                  self.sampling, self.embedding.side(), self.prototype]
         return pn.Column(*parts, width=310, scroll=True, styles={"max-height": "calc(100vh - 135px)"}, css_classes=["rl-sidebar"])
 
     def footer(self) -> str:

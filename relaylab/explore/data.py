@@ -173,6 +173,7 @@ class ProjectData:
         self.problems = list(problems or [])
         self.key = project_key(project.path)
         self._scores = LRU(max_items=SCORES_CACHE)  # category scores per analysis
+        self._census = LRU(max_items=SCORES_CACHE)  # the census of an analysis (None: none in the store)
         self._lock = threading.Lock()
         self._model_lock = threading.Lock()  # loading a model takes a while: not under the lock of the quick reads
         self._sample_info: SampleInfo | None = None
@@ -278,11 +279,16 @@ class ProjectData:
         return state.attribution or self.recorded_attribution(state.analysis)
 
     def category_scores(self, analysis: str) -> dict[str, float]:
-        """How suspicious each category of an analysis looks, 0 to 1, most suspicious first: the split score of its
-        spectrum (`relaylab.analyze.score.split_score`); categories without a spectral embedding are left out."""
+        """How suspicious each category of an analysis looks, 0 to 1, most suspicious first: its census score when
+        the store holds a census of the analysis (`relaylab census`), else the split score of its spectrum
+        (`relaylab.analyze.score.split_score`); categories without either are left out."""
         def make() -> dict[str, float]:
             from ..analyze.score import split_score
 
+            census = self.census(analysis)
+            if census is not None:
+                scores = {category: float(node["score"].values) for category, node in census.children.items()}
+                return dict(sorted(scores.items(), key=lambda item: -item[1]))
             scores = {}
             for category, node in self.project.analyses[analysis].children.items():
                 spectral = [e for e in vs.embeddings(node) if "eigenvalue" in node["embedding"][e].coords]
@@ -293,6 +299,21 @@ class ProjectData:
         if analysis not in self.project.analyses:
             return {}
         return self._scores.get(analysis, make)
+
+    def census(self, analysis: str):
+        """The store's census of `analysis` (`relaylab census`, loaded once), or None when there is none."""
+        def make():
+            if self.project.metadata.get("format") != "relaylab-zarr":
+                return None
+            from ..analyze.census_job import CENSUS, open_census
+            from ..data import store as zstore
+
+            meta = zstore.read_group_meta(self.project.path, f"{CENSUS}/{analysis}")
+            if (meta or {}).get("status") != "complete":
+                return None
+            return open_census(self.project.path, analysis)
+
+        return self._census.get(analysis, make)
 
     def top_predictions(self, sample: int, attribution: str | None, top: int = 10) -> list[dict]:
         """The stored model outputs of one sample (the attribution set's `prediction`), highest first:
