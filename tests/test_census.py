@@ -158,6 +158,19 @@ def test_a_census_cut_short_resumes_without_redoing_what_it_committed(planted_st
     assert {row["category"]: row["score"] for row in ranking(open_census(store, "spray"))} == pytest.approx(reference)
 
 
+def test_a_census_on_a_dask_cluster_commits_the_same_results_as_in_this_process(planted_store, tmp_path, dask_cluster):
+    store, _ = planted_store
+    here, there = (shutil.copytree(store, tmp_path / name) for name in ("here.zarr", "there.zarr"))
+    take_census(here, "spray", progress=False)
+    # two categories to a task: several tasks, whose workers commit their packs side by side
+    take_census(there, "spray", scheduler=dask_cluster.scheduler_address, batch_samples=2 * PER_CLASS, progress=False)
+    assert len([p for p in (there / "census" / "spray" / zstore.PACKS).iterdir() if p.is_dir()]) >= 2
+    a, b = open_census(here, "spray"), open_census(there, "spray")
+    assert ranking(a) == ranking(b)
+    for category in a.children:
+        np.testing.assert_array_equal(a[category]["sample_score"].values, b[category]["sample_score"].values)
+
+
 def test_bad_input_is_named_before_any_work(planted_store, tmp_path):
     store, _ = planted_store
     with pytest.raises(RelaylabError) as error:

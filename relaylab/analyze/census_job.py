@@ -79,9 +79,10 @@ def census_task(writer: zstore.AnalysisWriter, attribution: str, batch: dict[str
 
 
 def take_census(store: str | Path, analysis: str, *, clustering: str | None = None, scheduler: str | None = None,
-                n_workers: int | None = None, progress: bool = True) -> dict:
+                n_workers: int | None = None, batch_samples: int | None = None, progress: bool = True) -> dict:
     """Take (or finish) the census of `analysis` in the relaylab store `store`; returns {"done": [...], "skipped":
-    {category: reason}}."""
+    {category: reason}}. Categories go several to a task as in `relaylab analyze` (`batch_samples`: members per
+    task)."""
     store = Path(store)
     with open_project(store, dask=False) as project:
         if project.metadata.get("format") != "relaylab-zarr":
@@ -112,7 +113,7 @@ def take_census(store: str | Path, analysis: str, *, clustering: str | None = No
         log.info("census of %s: %d categories to do, %d done before, %d skipped", analysis, len(todo), len(writer.done), len(skipped))
         if todo:
             sizes = {c: inputs[c]["rows"] for c in todo}
-            work = [{c: inputs[c] for c in batch} for batch in batches(sizes, sample_bytes)]
+            work = [{c: inputs[c] for c in batch} for batch in batches(sizes, sample_bytes, batch_samples)]
             run_tasks(writer, attribution, sizes, {"clustering": clustering, "analysis": analysis}, scheduler, n_workers, progress,
                       work=work, analyse=census_batch, task=census_task)
         writer.finish(skipped=skipped)
