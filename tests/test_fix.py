@@ -1,0 +1,91 @@
+"""Fix (relaylab.fix): the artifact's direction learned from activations, and the P-ClArC projection."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from relaylab.fix.cav import learn_cav
+from relaylab.fix.clarc import Projection, add_projection
+
+
+def planted(n: int = 2000, d: int = 64, fraction: float = 0.2, strength: float = 3.0, seed: int = 0):
+    """Activations with correlated noise (a few shared factors, as real layers have) and a planted direction added to
+    the artifact samples; (x, artifact, direction)."""
+    rng = np.random.default_rng(seed)
+    factors = rng.normal(size=(5, d)) * 0.5
+    x = rng.normal(size=(n, 5)) @ factors + rng.normal(size=(n, d))
+    direction = rng.normal(size=d)
+    direction /= np.linalg.norm(direction)
+    artifact = rng.random(n) < fraction
+    x[artifact] += strength * direction
+    return x.astype(np.float32), artifact, direction
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_learned_direction_is_the_planted_one(seed):
+    x, artifact, direction = planted(seed=seed)
+    cav = learn_cav(x, artifact)
+    assert float(cav.direction @ direction) >= 0.95
+    assert cav.accuracy > 0.8 and cav.n_artifact == artifact.sum()  # chance is 0.5
+    assert np.linalg.norm(cav.direction) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_the_pattern_follows_the_artifact_where_the_filter_turns_away_from_a_distractor():
+    """A distractor sharing a dimension with the artifact's direction (Haufe et al.'s example): the classifier's
+    weights must cancel it and tilt away from the artifact; the pattern does not."""
+    rng = np.random.default_rng(3)
+    n, d = 3000, 8
+    artifact = rng.random(n) < 0.3
+    x = rng.normal(scale=0.3, size=(n, d))
+    x[:, 0] += 2.0 * artifact
+    distractor = rng.normal(scale=3.0, size=n)
+    x[:, 0] += distractor
+    x[:, 1] += distractor
+    truth = np.eye(d)[0]
+    pattern, filter_ = learn_cav(x, artifact), learn_cav(x, artifact, method="filter")
+    assert float(pattern.direction @ truth) >= 0.95
+    assert float(filter_.direction @ truth) < float(pattern.direction @ truth) - 0.1
+
+
+def test_too_few_samples_or_no_difference_is_refused():
+    x, artifact, _ = planted(n=50)
+    with pytest.raises(ValueError, match="at least 2 artifact"):
+        learn_cav(x, np.zeros(50, bool))
+    with pytest.raises(ValueError, match="one bool per sample"):
+        learn_cav(x, artifact[:10])
+
+
+def small_model(d: int = 64) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(16, d), nn.ReLU(), nn.Linear(d, d), nn.Linear(d, 3))
+
+
+def test_the_projection_changes_no_output_without_the_directions_component():
+    x, artifact, _ = planted()
+    cav = learn_cav(x, artifact)
+    model = small_model()
+    inputs = torch.randn(32, 16)
+    with torch.no_grad():
+        hidden = model[:3](inputs)
+        # the same activations moved into the hyperplane through the clean mean orthogonal to the direction
+        v, z = torch.as_tensor(cav.direction), torch.as_tensor(cav.reference)
+        on_plane = hidden - ((hidden - z) @ v)[:, None] * v[None]
+        before = model[3](on_plane)
+        handle = add_projection(model, "2", cav)
+        after = model[3](model[2](model[:2](inputs)))  # the hook runs on layer "2"'s output
+        assert torch.allclose(before, after, atol=1e-5)
+        # and an activation with a component along the direction is moved back to the plane
+        shifted = hidden + 5 * v
+        projected = Projection(cav)(shifted)
+        assert torch.allclose(projected, on_plane, atol=1e-4)
+        handle.remove()
+        assert torch.equal(model(inputs), model[3](hidden))  # removed: the original model again
+
+
+def test_a_layer_that_does_not_exist_is_named():
+    x, artifact, _ = planted()
+    with pytest.raises(KeyError, match="nope"):
+        add_projection(small_model(), "nope", learn_cav(x, artifact))
