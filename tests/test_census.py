@@ -171,6 +171,22 @@ def test_a_census_on_a_dask_cluster_commits_the_same_results_as_in_this_process(
         np.testing.assert_array_equal(a[category]["sample_score"].values, b[category]["sample_score"].values)
 
 
+def test_the_command_prints_the_ranking_writes_the_report_and_refuses_an_unknown_analysis_in_one_line(planted_store, tmp_path, cli):
+    store, marked = planted_store
+    store = shutil.copytree(store, tmp_path / "copy.zarr")
+    done = cli("census", store, "--analysis", "spray", "--report", tmp_path / "report", "-q")
+    assert done.returncode == 0, done.stderr
+    data = json.loads((tmp_path / "report" / "census.json").read_text())
+    top = data["categories"][0]
+    assert f"#1 {top['name']}: score {top['score']:.3f}" in done.stdout and "FLAGGED" in done.stdout
+    assert str(tmp_path / "report" / "index.html") in done.stdout
+    again = cli("census", store, "--analysis", "spray", "--report", tmp_path / "report", "-q")  # resumes: nothing to redo
+    assert again.returncode == 0 and json.loads((tmp_path / "report" / "census.json").read_text()) == data
+    refused = cli("census", store, "--analysis", "nope")
+    assert refused.returncode == 2 and "analyses/nope" in refused.stderr and "Traceback" not in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+
+
 def test_bad_input_is_named_before_any_work(planted_store, tmp_path):
     store, _ = planted_store
     with pytest.raises(RelaylabError) as error:
