@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 FLAG_THRESHOLD = 0.75  # a category scoring above this is flagged in the report (see census_threshold in the docs)
 TOP_SAMPLES = 20
-COLORMAP = "bwr"
+COLORMAP = "black-fire-red"  # the explorer's default (ViRelAy's); zennit's palettes would import torch
 PX = 96
 
 
@@ -103,9 +103,12 @@ def write_report(store: str | Path, analysis: str, out: str | Path, *, top: int 
                      f"<td>{row['score']:.3f}</td><td>{row['split']:.2f} ({row['split_k']})</td><td>{row['separation']:.2f}</td>"
                      f"<td>{row['members']}</td><td>{row['suspect_cluster']} ({row['suspect_size']}, {concentration})</td></tr>")
     parts.append("</table>")
-    with open_project(store) as project:
+    with open_project(store, dask=False) as project:
         analysis_tree = project.analyses[analysis]
-        for row in data["categories"][:top]:
+        shown = data["categories"][:top]
+        wanted = sorted({t for row in shown for cluster in row["clusters"] for t in cluster["typical"]})
+        heatmaps = dict(zip(wanted, project.attributions[data["attribution"]]["attribution"].sel(sample=wanted).values)) if wanted else {}
+        for row in shown:
             category, ds = row["category"], census[row["category"]].dataset
             key = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in category)
             parts.append(f"<h2 id='{html.escape(category)}'>#{row['rank']} {html.escape(row['name'])} — score {row['score']:.3f}</h2>")
@@ -122,7 +125,7 @@ def write_report(store: str | Path, analysis: str, out: str | Path, *, top: int 
                                | np.array([0, 0, 0, 255], np.uint8))]
                 typical = []
                 for sample in cluster["typical"]:
-                    attribution = project.attributions[data["attribution"]]["attribution"].sel(sample=sample).values
+                    attribution = heatmaps[sample]
                     rgba = overlay_rgba(input_rgb(project, sample), attribution, COLORMAP) if project.has_images else heatmap_rgba(attribution, COLORMAP)
                     typical.append(_png(tmp / f"{key}-s{sample}.png", rgba))
                 cells = "".join(f"<td><img src='{name}'></td>" for name in images)
