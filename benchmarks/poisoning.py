@@ -59,6 +59,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, default=30, help="training epochs per model (default 30)")
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="processes (default: 2)")
     parser.add_argument("--fresh", action="store_true", help="ignore the settings recorded by an earlier run of this grid")
+    parser.add_argument("--project", nargs="+", metavar="PROJECT", help="also run the grid on these projects' images and labels "
+                        "(ViRelAy project YAML or relaylab store; images scaled to at most 32 × 32)")
 
 
 # --------------------------------------------------------------------------------------------------- one setting
@@ -127,16 +129,27 @@ def _art(model, x, y, n_classes: int, target: int, poison) -> dict:
     return out
 
 
-def task_data(task: str, seed: int):
-    """(images, labels, n_classes, target, description) of a task."""
-    from .poisoning_data import digits
+def task_data(task: str, seed: int, project: str | None = None):
+    """(images, labels, n_classes, target, description) of a task: on digits, or on a project's images ("ten": all
+    of its classes, up to ten; "two": classes c−1 and c)."""
+    import numpy as np
+
+    from .poisoning_data import digits, project_images
+
+    def load(classes=None):
+        return project_images(project, classes=classes) if project else digits(classes)
 
     if task == "ten":
-        images, labels = digits()
-        target = (3 + 4 * seed) % 10
-        return images, labels, 10, target, f"ten classes, target {target}"
-    c = TWO_CLASS_TARGETS[seed % len(TWO_CLASS_TARGETS)]
-    images, labels = digits((c - 1, c))
+        images, labels = load()
+        if labels.max() >= 10:
+            images, labels = load(tuple(range(10)))
+        n = int(labels.max()) + 1
+        target = (3 + 4 * seed) % n
+        return images, labels, n, target, f"{n} classes, target {target}"
+    _, all_labels = load()
+    n = int(np.max(all_labels)) + 1
+    c = TWO_CLASS_TARGETS[seed % len(TWO_CLASS_TARGETS)] % n or 1
+    images, labels = load((c - 1, c))
     return images, labels, 2, 1, f"{c - 1} vs {c}"
 
 
@@ -148,7 +161,7 @@ def run_setting(setting: dict) -> dict:
 
     torch.set_num_threads(1)
     started = time.perf_counter()
-    images, labels, n_classes, target, description = task_data(setting["task"], setting["seed"])
+    images, labels, n_classes, target, description = task_data(setting["task"], setting["seed"], setting.get("project"))
     kind, attack, prevalence, seed, epochs = setting["kind"], setting["attack"], setting["prevalence"], setting["seed"], setting["epochs"]
     result = {**setting, "description": description, "target": target}
     if attack == "clean":  # a false-alarm trial: clean model, clean data
@@ -183,15 +196,20 @@ def grid(args) -> list[dict]:
     tasks = args.tasks or ["ten", "two"]
     seeds = args.seeds or (1 if args.smoke else 2)
     clean_trials = args.clean_trials if args.clean_trials is not None else (2 if args.smoke else 10)
-    settings = [{"task": t, "attack": a, "kind": k, "prevalence": p, "seed": s, "epochs": args.epochs}
-                for t in tasks for a in attacks for k in kinds for p in prevalences for s in range(seeds)]
-    settings += [{"task": "ten", "attack": "clean", "kind": "none", "prevalence": 0.0, "seed": 100 + s, "epochs": args.epochs}
-                 for s in range(clean_trials)]
+    settings = []
+    for project in [None, *(str(Path(p).resolve()) for p in args.project or [])]:
+        settings += [{"task": t, "attack": a, "kind": k, "prevalence": p, "seed": s, "epochs": args.epochs, "project": project}
+                     for t in tasks for a in attacks for k in kinds for p in prevalences for s in range(seeds)]
+        settings += [{"task": "ten", "attack": "clean", "kind": "none", "prevalence": 0.0, "seed": 100 + s, "epochs": args.epochs,
+                      "project": project} for s in range(clean_trials)]
     return settings
 
 
 def key(setting: dict) -> str:
-    return json.dumps({k: setting[k] for k in ("task", "attack", "kind", "prevalence", "seed", "epochs")}, sort_keys=True)
+    named = {k: setting[k] for k in ("task", "attack", "kind", "prevalence", "seed", "epochs")}
+    if setting.get("project"):  # digits settings keep the keys they had before projects could be given
+        named["project"] = setting["project"]
+    return json.dumps(named, sort_keys=True)
 
 
 def run_grid(settings: list[dict], log: Path, workers: int, fresh: bool) -> list[dict]:
@@ -225,6 +243,13 @@ def run_grid(settings: list[dict], log: Path, workers: int, fresh: bool) -> list
 
 # --------------------------------------------------------------------------------------------------- summary
 
+def data_name(record: dict) -> str:
+    if not record.get("project"):
+        return "digits"
+    path = Path(record["project"])
+    return path.parent.name if path.stem in ("project", "project.zarr") or path.suffix == ".zarr" and path.stem == "project" else path.stem
+
+
 def summarise(records: list[dict]) -> tuple[list[dict], list[str]]:
     """Rows for the results file and the printed lines: per (attack, kind, prevalence) over tasks and seeds."""
     import numpy as np
@@ -233,12 +258,12 @@ def summarise(records: list[dict]) -> tuple[list[dict], list[str]]:
     poisoned = [r for r in records if r["attack"] != "clean"]
     groups: dict[tuple, list[dict]] = {}
     for r in poisoned:
-        groups.setdefault((r["attack"], r["kind"], r["prevalence"]), []).append(r)
-    header = (f"{'attack':9s}{'artifact':9s}{'prev':>6s}{'n':>3s}{'flip':>6s}{'acc c/p':>12s}{'tau c/p':>12s}{'ARI p':>7s}"
+        groups.setdefault((data_name(r), r["attack"], r["kind"], r["prevalence"]), []).append(r)
+    header = (f"{'data':10s}{'attack':9s}{'artifact':9s}{'prev':>6s}{'n':>3s}{'flip':>6s}{'acc c/p':>12s}{'tau c/p':>12s}{'ARI p':>7s}"
               f"{'rank1':>7s}{'census':>8s}{'ActDef':>8s}{'SpecSig':>8s}{'AP cen':>8s}{'AP SS':>7s}")
     lines.append(header)
     mean = lambda values: float(np.nanmean(values)) if len(values) else float("nan")  # noqa: E731
-    for (attack, kind, prevalence), group in sorted(groups.items()):
+    for (data, attack, kind, prevalence), group in sorted(groups.items()):
         p = [r["poisoned"] for r in group]
         c = [r["clean"] for r in group]
         ten = [x for r, x in zip(group, p) if r["task"] == "ten"]
@@ -251,9 +276,9 @@ def summarise(records: list[dict]) -> tuple[list[dict], list[str]]:
             "signature_auroc": mean([x["signature_auroc"] for x in p]), "census_ap": mean([x["census_ap"] for x in p]),
             "signature_ap": mean([x["signature_ap"] for x in p]), "activation_ap": mean([x["activation_ap"] for x in p]),
         }
-        case = f"{attack}/{kind}/{prevalence:g}"
+        case = f"{data}/{attack}/{kind}/{prevalence:g}"
         rows += [row("poisoning", case, name, value, "") for name, value in figures.items()]
-        lines.append(f"{attack:9s}{kind:9s}{prevalence:6.2f}{len(group):3d}{figures['flip_rate']:6.2f}"
+        lines.append(f"{data[:9]:10s}{attack:9s}{kind:9s}{prevalence:6.2f}{len(group):3d}{figures['flip_rate']:6.2f}"
                      f"{figures['accuracy_clean']:6.3f}/{figures['accuracy_poisoned']:.3f}"
                      f"{figures['tau_clean']:6.2f}/{figures['tau_poisoned']:5.2f}{figures['ari_poisoned']:7.2f}"
                      f"{figures['rank1_ten']:7.2f}{figures['census_auroc']:8.3f}{figures['activation_auroc']:8.3f}"
@@ -271,8 +296,8 @@ def summarise(records: list[dict]) -> tuple[list[dict], list[str]]:
         lines.append(f"  census AUROC at 2%: min {min(at2):.3f}, ≥ 0.95 in {sum(a >= 0.95 for a in at2)} of {len(at2)}" if at2 else
                      "  census AUROC at 2%: no such setting")
         if ten:
-            lines.append(f"  poisoned class ranked first among ten: {sum(r['poisoned']['census_rank'] == 1 for r in ten)} of {len(ten)}")
-        losses = [f"{r['task']}/{r['attack']}/{r['kind']}/{r['prevalence']:g}/s{r['seed']}: census {r['poisoned']['census_auroc']:.3f} "
+            lines.append(f"  poisoned class ranked first among all classes (ten-class tasks): {sum(r['poisoned']['census_rank'] == 1 for r in ten)} of {len(ten)}")
+        losses = [f"{data_name(r)}/{r['task']}/{r['attack']}/{r['kind']}/{r['prevalence']:g}/s{r['seed']}: census {r['poisoned']['census_auroc']:.3f} "
                   f"vs ART {b:.3f}" for r, b, w in zip(used, best_art, wins) if not w]
         if losses:
             lines.append("  where the census loses to an ART detector:")

@@ -109,12 +109,40 @@ def poison(images, labels, *, target: int, kind: str, attack: str, prevalence: f
     return Poisoned(x_train, y_train, marked, x_test, y_test, target, kind, attack, prevalence)
 
 
+def project_images(path: str, max_side: int = 32, classes: tuple[int, ...] | None = None):
+    """(images (n, 3, s, s) float32 in [0, INK], labels (n,) 0..k-1) of a ViRelAy or relaylab project's inputs (opened
+    with relaylab), scaled from their value range, grey → RGB, resized (area) to at most `max_side` and cropped square."""
+    import numpy as np
+    import torch
+
+    from relaylab.data.project import open_project
+
+    with open_project(path, dask=False) as project:
+        x = np.asarray(project.inputs["input"].values, dtype=np.float32)
+        labels = np.asarray(project.inputs["label"].values)
+        recorded = project.inputs.attrs.get("value_range")
+    if labels.ndim != 1:
+        raise SystemExit(f"{path}: the poisoning benchmark needs one label per sample, not multi-label data")
+    low, high = recorded if recorded is not None else (float(x.min()), float(x.max()))
+    x = (x - low) / max(high - low, 1e-12)
+    if x.shape[1] == 1:
+        x = np.repeat(x, 3, axis=1)
+    x = x[:, :3]
+    side = min(x.shape[2], x.shape[3])
+    x = x[:, :, :side, :side]
+    if side > max_side:
+        x = torch.nn.functional.interpolate(torch.as_tensor(x), size=(max_side, max_side), mode="area").numpy()
+    keep = np.isin(labels, classes) if classes is not None else np.ones(len(labels), bool)
+    values = np.unique(labels[keep])
+    return (x[keep].clip(0, 1) * INK).astype(np.float32), np.searchsorted(values, labels[keep]).astype(np.int64)
+
+
 def small_cnn(n_classes: int):
     from torch import nn
 
     return nn.Sequential(
-        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 8×8
-        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 4×4
+        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.AdaptiveMaxPool2d(4),  # 4×4 whatever the size (16²: MaxPool2d(2))
         nn.Flatten(), nn.Linear(32 * 4 * 4, 64), nn.ReLU(), nn.Linear(64, n_classes),
     )
 
