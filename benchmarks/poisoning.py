@@ -247,7 +247,7 @@ def data_name(record: dict) -> str:
     if not record.get("project"):
         return "digits"
     path = Path(record["project"])
-    return path.parent.name if path.stem in ("project", "project.zarr") or path.suffix == ".zarr" and path.stem == "project" else path.stem
+    return path.parent.name if path.stem == "project" else path.stem  # project.yaml / project.zarr: name the folder
 
 
 def summarise(records: list[dict]) -> tuple[list[dict], list[str]]:
