@@ -296,7 +296,8 @@ def summarise(records: list[dict]) -> tuple[list[dict], list[str]]:
         lines.append(f"  census AUROC at 2%: min {min(at2):.3f}, ≥ 0.95 in {sum(a >= 0.95 for a in at2)} of {len(at2)}" if at2 else
                      "  census AUROC at 2%: no such setting")
         if ten:
-            lines.append(f"  poisoned class ranked first among all classes (ten-class tasks): {sum(r['poisoned']['census_rank'] == 1 for r in ten)} of {len(ten)}")
+            first = sum(r["poisoned"]["census_rank"] == 1 for r in ten)
+            lines.append(f"  poisoned class ranked first among all classes (ten-class tasks): {first} of {len(ten)}")
         losses = [f"{data_name(r)}/{r['task']}/{r['attack']}/{r['kind']}/{r['prevalence']:g}/s{r['seed']}: census {r['poisoned']['census_auroc']:.3f} "
                   f"vs ART {b:.3f}" for r, b, w in zip(used, best_art, wins) if not w]
         if losses:
