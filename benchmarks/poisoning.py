@@ -328,10 +328,13 @@ def scatter(records: list[dict], out: Path) -> list[Path]:
             group = [r for r in poisoned if r["attack"] == attack]
             axes.scatter([r["clean"][field] for r in group], [r["poisoned"][field] for r in group], marker=marker, s=16,
                          c=[r["prevalence"] for r in group], cmap="viridis", label=attack, vmin=0, vmax=0.3)
-        low = min([0.0] + [min(r["clean"][field], r["poisoned"][field]) for r in poisoned])
+        values = [v for r in poisoned for v in (r["clean"][field], r["poisoned"][field]) if v == v]
+        low = min(values) - 0.05 * (1 - min(values)) if values else 0.0
         axes.plot([low, 1], [low, 1], color="grey", lw=0.8, ls="--")
-        axes.set_xlabel(f"{label}, model trained on clean data")
-        axes.set_ylabel(f"{label}, model trained on poisoned data")
+        axes.set_xlim(low, 1.005)
+        axes.set_ylim(low, 1.005)
+        axes.set_xlabel(f"{label}\nmodel trained on clean data", fontsize=9)
+        axes.set_ylabel(f"{label}\nmodel trained on poisoned data", fontsize=9)
         axes.legend(fontsize=7, title="colour: prevalence", title_fontsize=7)
         figure.tight_layout()
         path = out / f"poisoning-{figure_name}.png"
