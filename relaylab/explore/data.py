@@ -92,6 +92,15 @@ class MapJob:
     progress: float = 0.0
 
 
+def small_read(array) -> np.ndarray:
+    """The values of a small selection of a (maybe Dask-backed) DataArray, read in the calling thread: for a page of
+    rows, the threaded scheduler's hand-offs cost more than the reading (most of a cluster click's time)."""
+    data = array.data
+    if hasattr(data, "compute"):
+        return np.asarray(data.compute(scheduler="synchronous"))
+    return np.asarray(data)
+
+
 def project_key(path: str | os.PathLike) -> str:
     """The name of a project in image URLs: it neither reveals nor accepts a path."""
     return hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()[:16]

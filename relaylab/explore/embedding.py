@@ -1,7 +1,10 @@
 """The analysis view: an embedding drawn by Datashader on the server, with ViRelAy's choices and server-side selection.
 
-No per-point data goes to the browser: HoloViews' `datashade` renders each frame to one RGBA image on the server, so
-a category of 10 million points costs the same bytes per frame as one of 100. Points are kept in Z-order (`points.py`,
+No per-point data of the category goes to the browser: HoloViews' `datashade` renders each frame to one RGBA image on
+the server, so a category of 10 million points costs the same bytes per frame as one of 100. The selection is drawn
+over it as a plain Bokeh scatter whose data source is updated in place (at most SELECTION_POINTS points, a random
+subset of a larger selection): a selection change then sends those coordinates and re-renders nothing, where a
+datashaded selection layer made HoloViews re-shade the whole overlay on every click. Points are kept in Z-order (`points.py`,
 once per embedding and process in `ProjectData`): Datashader's categorical aggregation then touches memory in order
 (about 10× faster at 1e7 points) and the hover/click lookup is a binary search. Box, lasso and click selections arrive
 as geometry (hv.streams) and are resolved with vectorised NumPy on the server to dataset sample indices, which go into
@@ -39,6 +42,7 @@ warnings.filterwarnings("ignore", message="All-NaN slice encountered", category=
 
 MAX_COLORS = 20  # more categories than this (e.g. 1000 classes) are folded into "other"
 NOISE_COLOR, OTHER_COLOR, SELECTED_COLOR = "#b0b0b0", "#808080", "#000000"
+SELECTION_POINTS = 20_000  # selected points drawn as a scatter (a random subset of more)
 PLOT_WIDTH, PLOT_HEIGHT = 500, 420
 HOVER_PX = 8  # the hover and click lookups take the nearest point within this many screen pixels
 MAX_CLUSTER_BUTTONS = 40
@@ -135,9 +139,8 @@ def warm_up() -> None:
     frame = Points(np.arange(4, dtype=np.float32), np.arange(4, dtype=np.float32), np.arange(4)).frame(
         np.array([0, 1, 0, 1], dtype=np.int16), ["a", "b"])
     categorical = {"aggregator": ds.count_cat("c"), "color_key": {"a": "#000000", "b": "#ff0000"}}
-    for element, options in ((hv.Points(frame, kdims=["x", "y"], vdims=["c"]), categorical),
-                             (hv.Points(frame[["x", "y"]], kdims=["x", "y"]), {"cmap": [SELECTED_COLOR, SELECTED_COLOR]})):
-        dynspread(datashade(element, dynamic=False, width=50, height=50, **options), dynamic=False)
+    element = hv.Points(frame, kdims=["x", "y"], vdims=["c"])
+    dynspread(datashade(element, dynamic=False, width=50, height=50, **categorical), dynamic=False)
     log.info("Datashader kernels compiled in %.1f s", time.perf_counter() - started)
 
 
@@ -185,7 +188,8 @@ class EmbeddingView(ProjectViewer):
         self.hover_pane = pn.pane.HTML(width=220, min_height=120, css_classes=["rl-hover"])
         self.eigen_pane = pn.pane.HoloViews(visible=False, width=320, height=200)
         self.cluster_buttons = pn.FlexBox(css_classes=["rl-cluster-buttons"])
-        self.selected_pipe = hv.streams.Pipe(data=self._selected_frame())
+        self._selection_sources: list = []  # the selection scatter's data source in each Bokeh figure of the plot
+        self.eigen_pipe = hv.streams.Pipe(data=(pd.DataFrame({"k": [], "eigenvalue": []}), ""))
         self.state.param.watch(self._on_state, [*self.VIEW_FIELDS, *self.WIDGET_FIELDS, "selection"])
         self.refresh(rebuild=True)
 
@@ -239,7 +243,7 @@ class EmbeddingView(ProjectViewer):
                 log.warning("embedding view: %s", error)
                 self.points, self.plot_pane.object = None, None
                 self.message.object, self.message.visible = f"**This embedding cannot be shown.** {error}", True
-        self.selected_pipe.send(self._selected_frame())
+        self._draw_selection()
         self._show_summary()
 
     def _show_summary(self) -> None:
@@ -290,34 +294,52 @@ class EmbeddingView(ProjectViewer):
         self.points = self.data.points(s.analysis, s.category, s.embedding, s.x_dim, s.y_dim)
         codes, names, colors, counts = colouring(self.data, s, self.points)
         shaded = shaded_points(self.points, codes, names, colors)
-        selected = dynspread(datashade(hv.DynamicMap(lambda data: hv.Points(data, kdims=["x", "y"]), streams=[self.selected_pipe]),
-                                       cmap=[SELECTED_COLOR, SELECTED_COLOR], min_alpha=255), threshold=0.9, max_px=4)
         x0, x1, y0, y1 = self.points.bounds
         padx, pady = (x1 - x0) * 0.03 or 1, (y1 - y0) * 0.03 or 1
         xlabel, ylabel = f"{s.embedding} {s.x_dim}", f"{s.embedding} {s.y_dim}"
         shaded = shaded.opts(frame_width=PLOT_WIDTH, frame_height=PLOT_HEIGHT, xlabel=xlabel, ylabel=ylabel,
                              xlim=(x0 - padx, x1 + padx), ylim=(y0 - pady, y1 + pady),
                              tools=["box_select", "lasso_select", "tap"], active_tools=["box_select", "wheel_zoom"], show_legend=False,
-                             default_tools=["pan", "wheel_zoom", "reset"])
+                             default_tools=["pan", "wheel_zoom", "reset"], hooks=[self._add_selection_glyph])
         for stream, callback in ((hv.streams.BoundsXY(source=shaded), self._on_box), (hv.streams.Lasso(source=shaded), self._on_lasso),
                                  (hv.streams.Tap(source=shaded), self._on_tap), (hv.streams.PointerXY(source=shaded), self._on_pointer),
                                  (hv.streams.RangeXY(source=shaded), self._on_range)):
             stream.add_subscriber(callback)
         self._range = ((x0 - padx, x1 + padx), (y0 - pady, y1 + pady))
-        self.plot_pane.object = shaded * selected
+        self._selection_sources = []  # the new figure gets its own
+        self.plot_pane.object = shaded
         self.legend.object = legend_html(names, colors, counts, s.color_by)
         self._build_eigenvalues(node)
         self._build_cluster_buttons()
         log.info("embedding view %s/%s/%s built in %.2f s", s.analysis, s.category, s.embedding, time.perf_counter() - started)
 
-    def _selected_frame(self) -> pd.DataFrame:
+    def _selected_xy(self) -> dict[str, np.ndarray]:
+        """The selected points' coordinates in this embedding, at most SELECTION_POINTS (a fixed random subset)."""
         if self.points is None or not self.state.selection:
-            return pd.DataFrame({"x": np.empty(0, np.float32), "y": np.empty(0, np.float32)})
+            return {"x": np.empty(0, np.float32), "y": np.empty(0, np.float32)}
         chosen = self.state.selection_array()
-        marked = np.zeros(max(int(self.points.sample.max()), int(chosen[-1])) + 1, dtype=bool)
+        marked = np.zeros(max(int(self.points.sample.max()), int(chosen.max())) + 1, dtype=bool)
         marked[chosen] = True
-        inside = marked[self.points.sample]
-        return pd.DataFrame({"x": self.points.x[inside], "y": self.points.y[inside]})
+        inside = np.flatnonzero(marked[self.points.sample])
+        if len(inside) > SELECTION_POINTS:
+            inside = np.sort(np.random.default_rng(0).choice(inside, SELECTION_POINTS, replace=False))
+        return {"x": self.points.x[inside], "y": self.points.y[inside]}
+
+    def _add_selection_glyph(self, plot, element) -> None:
+        """HoloViews hook: the selection scatter, added once to each Bokeh figure this plot renders into."""
+        figure = plot.state
+        if any(getattr(r, "name", None) == "rl-selection" for r in figure.renderers):
+            return
+        from bokeh.models import ColumnDataSource
+
+        source = ColumnDataSource(data=self._selected_xy())
+        figure.scatter("x", "y", source=source, size=4, color=SELECTED_COLOR, name="rl-selection", level="overlay")
+        self._selection_sources.append(source)
+
+    def _draw_selection(self) -> None:
+        data = self._selected_xy()
+        for source in self._selection_sources:
+            source.data = data
 
     def _build_eigenvalues(self, node) -> None:
         spectral = [e for e in vs.embeddings(node) if "eigenvalue" in node["embedding"][e].coords]
@@ -326,9 +348,9 @@ class EmbeddingView(ProjectViewer):
             return
         name = self.state.embedding if self.state.embedding in spectral else spectral[0]
         values = np.asarray(node["embedding"][name]["eigenvalue"].values, dtype=float)
-        data = pd.DataFrame({"k": np.arange(values.size), "eigenvalue": values})
-        curve = hv.Curve(data, "k", "eigenvalue").opts(width=320, height=200, xlabel="index", toolbar=None)
-        self.eigen_pane.object = (curve * hv.Scatter(data, "k", "eigenvalue").opts(size=6, tools=["hover"])).opts(title=f"Eigenvalues ({name})")
+        self.eigen_pipe.send((pd.DataFrame({"k": np.arange(values.size), "eigenvalue": values}), name))
+        if self.eigen_pane.object is None:  # one figure per session, its data replaced on each category
+            self.eigen_pane.object = hv.DynamicMap(eigenvalue_plot, streams=[self.eigen_pipe])
         self.eigen_pane.visible = True
 
     def _build_cluster_buttons(self) -> None:
@@ -415,6 +437,14 @@ class EmbeddingView(ProjectViewer):
         self.hover_pane.object = (f'<div class="rl-hover-sample" data-sample="{sample}">{image}<div><b>sample {sample}</b><br>'
                                   f"label: {html.escape(label)}<br>predicted: {html.escape(prediction)}<br>"
                                   f'top-5: <span class="rl-top5">{top5}</span></div></div>')
+
+
+def eigenvalue_plot(data) -> hv.Overlay:
+    """The spectrum of a category's spectral embedding: `data` is (frame of k and eigenvalue, the embedding's name)."""
+    frame, name = data
+    curve = hv.Curve(frame, "k", "eigenvalue").opts(width=320, height=200, xlabel="index", toolbar=None, framewise=True)
+    points = hv.Scatter(frame, "k", "eigenvalue").opts(size=6, tools=["hover"], framewise=True)
+    return (curve * points).opts(title=f"Eigenvalues ({name})")
 
 
 def category_label(category: str, name: str, score: float | None) -> str:

@@ -22,7 +22,7 @@ import param
 from ..errors import RelaylabError
 from . import render
 from .clicks import ClickableHTML
-from .data import Clusters, ProjectData
+from .data import Clusters, ProjectData, small_read
 from .serve import image_url
 from .state import ViewState
 from .view import ProjectViewer
@@ -134,7 +134,7 @@ class SampleGrid(ProjectViewer):
     def _cards_for(self, rows: list[int], attribution: str | None, clusters: Clusters | None) -> list[str]:
         project, state = self.project, self.state
         names = label_names(project.label_map)
-        labels = project.inputs["label"].sel(sample=rows).values
+        labels = small_read(project.inputs["label"].sel(sample=rows))
         predicted: dict[int, int] = {}
         top5: dict[int, list[int]] = {}
         attributed: set[int] = set()
@@ -143,7 +143,7 @@ class SampleGrid(ProjectViewer):
             present = [s for s in rows if s in ds.indexes["sample"]]
             attributed = set(present)
             if present and "prediction" in ds:
-                scores = ds["prediction"].sel(sample=present).values
+                scores = small_read(ds["prediction"].sel(sample=present))
                 predicted = dict(zip(present, scores.argmax(axis=1).tolist()))
                 top5 = dict(zip(present, np.argsort(-scores, axis=1, kind="stable")[:, :5].tolist()))
         member_at = clusters.members.get_indexer(rows) if clusters is not None else None

@@ -15,6 +15,7 @@ import panel as pn
 
 from ..errors import RelaylabError
 from . import state as vs
+from .data import small_read
 from .render import encode_png, heatmap_rgba
 from .view import ProjectViewer
 
@@ -75,7 +76,7 @@ class PrototypeView(ProjectViewer):
         pick = lambda rows: rows if len(rows) <= MAX_ROWS else np.sort(rng.choice(rows, MAX_ROWS, replace=False))  # noqa: E731
         inside, outside = pick(np.flatnonzero(chosen)), pick(np.flatnonzero(~chosen))
         rows = np.concatenate([inside, outside])
-        heatmaps = self.project.attributions[attribution]["attribution"].sel(sample=members[rows]).values
+        heatmaps = small_read(self.project.attributions[attribution]["attribution"].sel(sample=members[rows]))
         maps = relevance_maps(heatmaps)
         labels = np.r_[np.ones(len(inside), np.int32), np.zeros(len(outside), np.int32)]
         summary = cluster_summaries(maps, labels, np.zeros(len(rows)), np.zeros((len(rows), 1)), members[rows], max_clusters=2, typical=0)
