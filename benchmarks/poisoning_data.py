@@ -148,24 +148,12 @@ def small_cnn(n_classes: int):
 
 
 def train(x, y, n_classes: int, seed: int, epochs: int = 30, batch: int = 64, lr: float = 3e-3):
-    """The small CNN trained on (x, y): Adam, seeded, in eval mode."""
+    """The small CNN trained on (x, y) (relaylab's demo training loop: Adam, seeded), in eval mode."""
     import torch
 
-    torch.manual_seed(seed)
-    model = small_cnn(n_classes)
-    xs, ys = torch.as_tensor(x), torch.as_tensor(y)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    order = torch.Generator().manual_seed(seed)
-    model.train()
-    for _ in range(epochs):
-        permutation = torch.randperm(len(xs), generator=order)
-        for start in range(0, len(xs), batch):
-            rows = permutation[start:start + batch]
-            loss = torch.nn.functional.cross_entropy(model(xs[rows]), ys[rows])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    return model.eval()
+    from relaylab.demo.model import fit
+
+    return fit(lambda: small_cnn(n_classes), torch.as_tensor(x), torch.as_tensor(y), seed=seed, epochs=epochs, batch_size=batch, lr=lr)
 
 
 def predict(model, x, batch: int = 512):

@@ -35,7 +35,6 @@ import torch
 import xarray as xr
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
-from tqdm.auto import tqdm
 
 from .. import __version__
 from ..data import store as zstore
@@ -43,7 +42,7 @@ from ..data.dims import IMAGE_DIMS, SAMPLE
 from ..data.labels import label_map_from_entries
 from ..errors import RelaylabError
 from ..explain.models import ModelSpec, preprocess, record_model
-from .model import digits_cnn
+from .model import digits_cnn, fit
 
 log = logging.getLogger(__name__)
 
@@ -125,26 +124,8 @@ def train_model(inputs: xr.Dataset, spec: ModelSpec, seed: int = 0, progress: bo
     train = ~inputs["held_out"].values
     x = preprocess(inputs["input"].values[train], spec)
     y = torch.as_tensor(inputs["label"].values[train])
-    deterministic = torch.are_deterministic_algorithms_enabled()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        torch.use_deterministic_algorithms(True)
-        try:
-            model = digits_cnn()
-            optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
-            order = torch.Generator().manual_seed(seed)
-            model.train()
-            for _ in tqdm(range(EPOCHS), desc="training the demo CNN", unit="epoch", disable=not progress, leave=False):
-                permutation = torch.randperm(len(x), generator=order)
-                for start in range(0, len(x), BATCH_SIZE):
-                    batch = permutation[start:start + BATCH_SIZE]
-                    loss = torch.nn.functional.cross_entropy(model(x[batch]), y[batch])
-                    optimizer.zero_grad()
-                    loss.backward()
-                    optimizer.step()
-        finally:
-            torch.use_deterministic_algorithms(deterministic)
-    return model.eval()
+    return fit(digits_cnn, x, y, seed=seed, epochs=EPOCHS, batch_size=BATCH_SIZE, lr=LEARNING_RATE, progress=progress,
+               desc="training the demo CNN")
 
 
 def evaluate(model: torch.nn.Module, inputs: xr.Dataset, spec: ModelSpec) -> dict:

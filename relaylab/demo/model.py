@@ -36,3 +36,32 @@ class DigitsCNN(nn.Module):
 
 def digits_cnn(n_classes: int = 10, in_channels: int = 1) -> DigitsCNN:
     return DigitsCNN(n_classes, in_channels)
+
+
+def fit(make, x: torch.Tensor, y: torch.Tensor, *, seed: int, epochs: int, batch_size: int, lr: float,
+        progress: bool = False, desc: str = "training") -> nn.Module:
+    """The model `make()` returns, trained on (x, y) with Adam and cross-entropy in shuffled mini-batches: seeded
+    (weights and order), deterministic algorithms, the global RNG and torch's settings left as they were; in eval
+    mode. The demo's CNN and the poisoning benchmark's models are trained with it."""
+    from tqdm.auto import tqdm
+
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        torch.use_deterministic_algorithms(True)
+        try:
+            model = make()
+            optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+            order = torch.Generator().manual_seed(seed)
+            model.train()
+            for _ in tqdm(range(epochs), desc=desc, unit="epoch", disable=not progress, leave=False):
+                permutation = torch.randperm(len(x), generator=order)
+                for start in range(0, len(x), batch_size):
+                    batch = permutation[start:start + batch_size]
+                    loss = torch.nn.functional.cross_entropy(model(x[batch]), y[batch])
+                    optimizer.zero_grad()
+                    loss.backward()
+                    optimizer.step()
+        finally:
+            torch.use_deterministic_algorithms(deterministic)
+    return model.eval()
