@@ -89,3 +89,73 @@ def test_a_layer_that_does_not_exist_is_named():
     x, artifact, _ = planted()
     with pytest.raises(KeyError, match="nope"):
         add_projection(small_model(), "nope", learn_cav(x, artifact))
+
+
+# ------------------------------------------------------------------------------------------------------ verification
+
+def test_paste_draws_only_inside_the_mask():
+    from relaylab.fix.verify import paste
+
+    images = np.random.default_rng(0).random((3, 2, 8, 8)).astype(np.float32)
+    mask = np.zeros((8, 8), np.float32)
+    mask[:2, :2] = 1
+    out = paste(images, np.ones((2, 8, 8), np.float32), mask)
+    assert (out[:, :, :2, :2] == 1).all()
+    np.testing.assert_array_equal(out[:, :, 2:, :], images[:, :, 2:, :])
+    np.testing.assert_array_equal(paste(images, np.ones((2, 8, 8), np.float32), np.zeros((8, 8))), images)
+
+
+def test_flip_rate_counts_right_answers_of_other_classes_turned_into_the_target():
+    from relaylab.fix.verify import flip_rate
+
+    rng = np.random.default_rng(1)
+    images = rng.random((200, 1, 8, 8)).astype(np.float32) * 0.5
+    labels = rng.integers(0, 3, 200)
+    corner = np.zeros((8, 8), np.float32)
+    corner[0, 0] = 1
+
+    def shortcut(x):  # the truth, unless the corner pixel is bright: then class 2
+        return np.where(x[:, 0, 0, 0] > 0.9, 2, truth_of(x))
+
+    lookup = {images[i].tobytes(): labels[i] for i in range(200)}
+
+    def truth_of(x):
+        return np.array([lookup.get(sample.tobytes(), -1) for sample in x])
+
+    assert flip_rate(shortcut, images, labels, 2, np.ones((1, 8, 8), np.float32), corner) == 1.0
+    assert flip_rate(truth_of, images, labels, 2, np.ones((1, 8, 8), np.float32), corner) == 0.0
+
+
+def test_relevance_in_mask_is_the_positive_share_inside():
+    from relaylab.fix.verify import relevance_in_mask
+
+    maps = np.zeros((2, 1, 4, 4))
+    maps[0, 0, 0, 0], maps[0, 0, 3, 3], maps[0, 0, 1, 1] = 3.0, 1.0, -5.0  # negative relevance does not count
+    mask = np.zeros((4, 4), bool)
+    mask[0, 0] = True
+    np.testing.assert_allclose(relevance_in_mask(maps, mask), [0.75, 0.0])
+
+
+def test_tcav_of_a_linear_readout_follows_the_sign_of_its_weights_along_the_direction():
+    from relaylab.fix.verify import tcav
+
+    model = nn.Sequential(nn.Linear(4, 3), nn.Identity(), nn.Linear(3, 2))
+    with torch.no_grad():
+        model[2].weight.copy_(torch.tensor([[1.0, -2.0, 0.0], [0.0, 0.0, 1.0]]))
+    inputs = torch.randn(10, 4)
+    score, derivative = tcav(model, "1", np.array([1.0, 0.0, 0.0]), inputs, target=0)
+    assert score == 1.0 and derivative == pytest.approx(1.0)
+    score, derivative = tcav(model, "1", np.array([0.0, 1.0, 0.0]), inputs, target=0)
+    assert score == 0.0 and derivative == pytest.approx(-2.0)
+
+
+def test_the_estimated_artifact_is_the_mean_input_inside_the_upsampled_mask():
+    from relaylab.fix.verify import estimated_artifact
+
+    inputs = np.zeros((4, 1, 8, 8), np.float32)
+    inputs[:, :, :4, :4] = 0.8
+    census_mask = np.zeros((2, 2), bool)
+    census_mask[0, 0] = True  # the top-left quarter at the census's resolution
+    artifact, mask = estimated_artifact(inputs, census_mask)
+    assert mask[:4, :4].all() and not mask[4:, :].any() and not mask[:, 4:].any()
+    assert np.allclose(artifact[0, :4, :4], 0.8) and not artifact[0, 4:, 4:].any()
