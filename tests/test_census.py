@@ -23,6 +23,7 @@ from relaylab.analyze.run import analyze
 from relaylab.analyze.score import tau_score
 from relaylab.data import store as zstore
 from relaylab.data.convert import convert_to_zarr
+from relaylab.data.project import open_project
 from relaylab.data.schema import schema_problems
 from relaylab.errors import RelaylabError
 
@@ -185,6 +186,19 @@ def test_the_command_prints_the_ranking_writes_the_report_and_refuses_an_unknown
     refused = cli("census", store, "--analysis", "nope")
     assert refused.returncode == 2 and "analyses/nope" in refused.stderr and "Traceback" not in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+
+
+def test_a_virelay_projects_own_analysis_files_get_a_census(make_project, cli):
+    """A ViRelAy project with CoRelAy-layout analysis files: converted once (as analyze does), its analysis ranked."""
+    project = make_project(n_samples=240, n_classes=3, channels=1, height=16, width=16)
+    done = cli("census", project, "-q")
+    assert done.returncode == 0, done.stderr
+    store = project.parent / "project.zarr"
+    data = json.loads((project.parent / "project.census-spectral_analysis" / "census.json").read_text())
+    assert schema_problems("census", data, "census.json") == []
+    with open_project(store) as opened:
+        assert sorted(row["category"] for row in data["categories"]) == sorted(opened.analyses["spectral_analysis"].children)
+        assert data["attribution"] == next(iter(opened.attributions))
 
 
 def test_bad_input_is_named_before_any_work(planted_store, tmp_path):

@@ -93,6 +93,9 @@ def take_census(store: str | Path, analysis: str, *, clustering: str | None = No
                                    f"({', '.join(project.analyses) or 'none; run relaylab analyze'})", "no such analysis")
         meta = zstore.read_group_meta(store, f"analyses/{analysis}") or {}
         attribution = meta.get("attribution")
+        if attribution is None and "layer" not in meta and "activation_set" not in meta:
+            # converted from a ViRelAy/CoRelAy analysis file: it was computed on the project's attributions
+            attribution = next(iter(project.attributions), None)
         if attribution not in project.attributions:
             raise RelaylabError.at(store, f"analyses/{analysis}", "an analysis of heatmaps (its attribution set recorded in "
                                    "attributes.relaylab.attribution)", f"{attribution!r}: not an attribution set of the store "

@@ -91,15 +91,17 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def cmd_census(args: argparse.Namespace) -> int:
+    from ..data.workstore import prepare_store
     from .census_job import take_census
     from .census_report import write_report
 
-    result = take_census(args.project, args.analysis, clustering=args.clustering, scheduler=args.scheduler,
+    store = prepare_store(args.project, store=args.store, progress=not args.quiet)  # a project's own files: converted once
+    result = take_census(store, args.analysis, clustering=args.clustering, scheduler=args.scheduler,
                          n_workers=args.workers, progress=not args.quiet)
-    report = args.report or args.project.resolve().parent / f"{args.project.name.removesuffix('.zarr')}.census-{args.analysis}"
-    page = write_report(args.project, args.analysis, report, top=args.top)
+    report = args.report or store.resolve().parent / f"{store.name.removesuffix('.zarr')}.census-{args.analysis}"
+    page = write_report(store, args.analysis, report, top=args.top)
     data = json.loads((page.parent / "census.json").read_text())
-    print(f"census/{args.analysis}: {len(result['done'])} categories in {args.project}; report {page}")
+    print(f"census/{args.analysis}: {len(result['done'])} categories in {store}; report {page}")
     for row in data["categories"][:5]:
         print(f"  #{row['rank']} {row['name']}: score {row['score']:.3f}{'  FLAGGED' if row['flagged'] else ''}")
     for category, reason in result["skipped"].items():
@@ -204,12 +206,16 @@ def add_commands(commands) -> None:
                     "and into a report: census.json for scripts, index.html with each top category's spectrum and,\n"
                     "per cluster, its mean and median relevance, an estimated artifact mask and its typical samples.\n\n"
                     "  relaylab census project.zarr                      # census of spectral_analysis, report beside the store\n"
+                    "  relaylab census virelay/project.yaml --analysis spectral_analysis   # a ViRelAy project's own analysis\n"
                     "  relaylab census project.zarr --top 50 --report out/census")
-    census.add_argument("project", type=Path, metavar="STORE", help="a relaylab Zarr store with a SpRAy analysis")
+    census.add_argument("project", type=Path, metavar="PROJECT", help="a relaylab store with a SpRAy analysis, or a ViRelAy/CoRelAy "
+                        "project with its analysis files (converted once to a work store, as analyze does)")
+    census.add_argument("--store", type=Path, metavar="PATH", help="where a project's files are converted to (default: beside "
+                        "the project, as analyze does)")
     census.add_argument("--analysis", default="spectral_analysis", help="analysis name (default: spectral_analysis)")
     census.add_argument("--clustering", metavar="NAME", help="clustering whose clusters the report shows (default: per category, "
                         "the k-means one with the k the spectrum suggests)")
-    census.add_argument("--report", type=Path, metavar="DIR", help="report folder (default: STORE's folder/<store name>.census-<analysis>)")
+    census.add_argument("--report", type=Path, metavar="DIR", help="report folder (default: beside the store, <store name>.census-<analysis>)")
     census.add_argument("--top", type=int, default=20, metavar="N", help="categories shown in detail in the HTML (default: 20)")
     census.add_argument("--scheduler", metavar="ADDRESS", help="a Dask scheduler, e.g. tcp://host:8786 (default: this process, "
                         "or a LocalCluster with --workers)")
