@@ -159,3 +159,34 @@ def test_the_estimated_artifact_is_the_mean_input_inside_the_upsampled_mask():
     artifact, mask = estimated_artifact(inputs, census_mask)
     assert mask[:4, :4].all() and not mask[4:, :].any() and not mask[:, 4:].any()
     assert np.allclose(artifact[0, :4, :4], 0.8) and not artifact[0, 4:, 4:].any()
+
+
+def test_rr_clarc_makes_the_class_output_insensitive_along_the_direction_and_keeps_the_accuracy():
+    """A model that learned a shortcut (a feature that is on for class 1 only in training): after RR-ClArC its class-1
+    logit no longer rises along that feature's direction in the hidden layer, and clean accuracy stays."""
+    from relaylab.demo.model import fit
+    from relaylab.fix.clarc import rr_clarc
+    from relaylab.fix.verify import tcav
+
+    rng = np.random.default_rng(0)
+    n = 600
+    y = rng.integers(0, 2, n)
+    x = rng.normal(size=(n, 6)).astype(np.float32)
+    x[:, 0] += 1.5 * (2 * y - 1)  # the real signal
+    x[:, 5] = 3.0 * y  # the shortcut: perfect in training
+    make = lambda: nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 2))  # noqa: E731
+    xt, yt = torch.as_tensor(x), torch.as_tensor(y)
+    model = fit(make, xt, yt, seed=0, epochs=30, batch_size=64, lr=1e-2)
+    with torch.no_grad():
+        hidden = model[:2](xt).numpy()
+    cav = learn_cav(hidden, x[:, 5] > 1.5)
+    before = tcav(model, "1", cav.direction, xt, target=1)[1]
+    clean = x.copy()
+    clean[:, 5] = 0.0
+    accuracy = lambda m: float((m(torch.as_tensor(clean)).argmax(1).numpy() == y).mean())  # noqa: E731
+    shortcut_accuracy = accuracy(model)
+    rr_clarc(model, "1", cav, xt, yt, strength=100.0, epochs=20, lr=3e-3)
+    after = tcav(model, "1", cav.direction, xt, target=1)[1]
+    assert abs(after) < 0.2 * abs(before), (before, after)
+    # on samples without the shortcut the corrected model does no worse than the one that relied on it
+    assert accuracy(model) >= shortcut_accuracy, (shortcut_accuracy, accuracy(model))
