@@ -67,6 +67,7 @@ def _spectrum_png(path: Path, eigenvalues: np.ndarray, split_k: int) -> str:
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     figure, axes = plt.subplots(figsize=(3.2, 2.0), dpi=100)
     values = np.sort(np.asarray(eigenvalues, dtype=np.float64))[:16]
@@ -74,6 +75,7 @@ def _spectrum_png(path: Path, eigenvalues: np.ndarray, split_k: int) -> str:
     axes.set_xlabel("eigenvalue #", fontsize=8)
     axes.set_ylabel("λ", fontsize=8)
     axes.tick_params(labelsize=7)
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)
