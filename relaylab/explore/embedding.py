@@ -337,9 +337,15 @@ class EmbeddingView(ProjectViewer):
         self._selection_sources.append(source)
 
     def _draw_selection(self) -> None:
+        """New data for the selection scatter: set directly without a server (a notebook), else on the document's next
+        tick, which holds its lock (plot gestures reach here from HoloViews' stream callbacks, which do not)."""
         data = self._selected_xy()
         for source in self._selection_sources:
-            source.data = data
+            document = source.document
+            if document is None or document.session_context is None:
+                source.data = data
+            else:
+                document.add_next_tick_callback(functools.partial(setattr, source, "data", data))
 
     def _build_eigenvalues(self, node) -> None:
         spectral = [e for e in vs.embeddings(node) if "eigenvalue" in node["embedding"][e].coords]
