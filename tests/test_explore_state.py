@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import holoviews as hv
 import numpy as np
 import pytest
 
@@ -274,8 +275,11 @@ def test_colour_by_correct_counts_predictions(project):
 
 
 def plotted_eigenvalues(view: EmbeddingView) -> tuple[str, np.ndarray, np.ndarray]:
-    """The eigenvalue plot's title and its (index, eigenvalue) points, as the view hands them to Bokeh."""
+    """The eigenvalue plot's title and its (index, eigenvalue) points, as the view hands them to Bokeh: the current
+    frame of its DynamicMap (one figure per session, fed the category's eigenvalues through a Pipe)."""
     plot = view.eigen_pane.object
+    if isinstance(plot, hv.DynamicMap):
+        plot = plot[()]
     curve, scatter = plot.get(0), plot.get(1)
     np.testing.assert_array_equal(curve.dimension_values("eigenvalue"), scatter.dimension_values("eigenvalue"))
     return plot.opts.get().kwargs["title"], curve.dimension_values("k"), curve.dimension_values("eigenvalue")
