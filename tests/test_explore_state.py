@@ -400,7 +400,7 @@ def test_the_server_draws_the_points(project, color_by):
     state = vs.ViewState()
     state.apply(vs.fitted_values(project, {**state.values(), "color_by": color_by}))
     view = EmbeddingView(ProjectData(project), state)
-    image = view.plot_pane.object[()].get(0)  # the points layer, as rendered for the full extent
+    image = view.plot_pane.object[()]  # the points image, as rendered for the full extent (the selection is a Bokeh glyph)
     alpha = np.asarray(image.data)[..., 3] if np.asarray(image.data).ndim == 3 else image.dimension_values(3, flat=False)
     assert (np.asarray(alpha) > 0).sum() >= 10
 
