@@ -70,7 +70,9 @@ def test_sessions_share_one_model_and_closed_sessions_are_freed(in_process_serve
 
     async def run() -> list:
         sessions = await asyncio.gather(*(open_and_explain(url, k) for k in (1, 2, 3)))
-        apps = list(explorer_app.LIVE)
+        # these sessions' apps: on a busy machine a readiness request that timed out and was retried can still build
+        # its page (an app) after the clear above; it is released like any unused session
+        apps = [a for a in explorer_app.LIVE if a.views and a.views[0].state.sample in (1, 2, 3)]
         assert len(apps) == 3
         explainers = {id(a.views[0].sample_inspector.data.explainer) for a in apps}
         assert len(explainers) == 1 and len(loads) == 1  # three sessions, one model, loaded once
@@ -81,7 +83,7 @@ def test_sessions_share_one_model_and_closed_sessions_are_freed(in_process_serve
         for session in sessions:
             await session.close()
         deadline = time.monotonic() + 30
-        while any(r() is not None for r in refs) and time.monotonic() < deadline:
+        while (any(r() is not None for r in refs) or len(explorer_app.LIVE)) and time.monotonic() < deadline:
             await asyncio.sleep(0.3)
             gc.collect()
         return refs
