@@ -26,15 +26,14 @@ COLORMAP = "black-fire-red"  # the explorer's default (ViRelAy's); zennit's pale
 PX = 96
 
 
-def report_data(store: str | Path, analysis: str, census=None) -> dict:
-    """The report's JSON object (see schemas/census.schema.json)."""
+def report_data(store: str | Path, analysis: str, census=None, names: dict[str, str] | None = None) -> dict:
+    """The report's JSON object (see schemas/census.schema.json); `names`: each category's display name (read from the
+    analysis when not given: opening an analysis of thousands of categories takes seconds)."""
     census = census if census is not None else open_census(store, analysis)
     rows = ranking(census)
-    with open_project(store, dask=False) as project:
-        names = {}
-        analysis_tree = project.analyses[analysis]
-        for category in census.children:
-            names[category] = str(analysis_tree[category].attrs.get("display_name", category))
+    if names is None:
+        with open_project(store, dask=False) as project:
+            names = display_names(project.analyses[analysis], census)
     meta = read_group_meta(store, f"{CENSUS}/{analysis}") or {}
     categories = []
     for row in rows:
@@ -53,6 +52,10 @@ def report_data(store: str | Path, analysis: str, census=None) -> dict:
             "attribution": meta.get("attribution"), "threshold": FLAG_THRESHOLD, "split_mid": SPLIT_MID,
             "separation_mid": SEPARATION_MID,
             "categories": categories}
+
+
+def display_names(analysis_tree, census) -> dict[str, str]:
+    return {category: str(analysis_tree[category].attrs.get("display_name", category)) for category in census.children}
 
 
 def _png(path: Path, rgba: np.ndarray) -> str:
@@ -91,7 +94,13 @@ def write_report(store: str | Path, analysis: str, out: str | Path, *, top: int 
     tmp = out.with_name(f".{out.name}.writing-{os.getpid()}")
     tmp.mkdir(parents=True, exist_ok=True)
     census = open_census(store, analysis)
-    data = report_data(store, analysis, census)
+    project = open_project(store, dask=False)  # opened once: names, spectra and the typical samples' heatmaps
+    try:
+        analysis_tree = project.analyses[analysis]
+        data = report_data(store, analysis, census, names=display_names(analysis_tree, census))
+    except BaseException:
+        project.close()
+        raise
     (tmp / "census.json").write_text(json.dumps(data, indent=1))
     parts = [f"<h1>Census of {html.escape(analysis)}</h1>",
              f"<p>{html.escape(str(store))} · {len(data['categories'])} categories, ranked by census score "
@@ -105,8 +114,7 @@ def write_report(store: str | Path, analysis: str, out: str | Path, *, top: int 
                      f"<td>{row['score']:.3f}</td><td>{row['split']:.2f} ({row['split_k']})</td><td>{row['separation']:.2f}</td>"
                      f"<td>{row['members']}</td><td>{row['suspect_cluster']} ({row['suspect_size']}, {concentration})</td></tr>")
     parts.append("</table>")
-    with open_project(store, dask=False) as project:
-        analysis_tree = project.analyses[analysis]
+    with project:
         shown = data["categories"][:top]
         wanted = sorted({t for row in shown for cluster in row["clusters"] for t in cluster["typical"]})
         heatmaps = dict(zip(wanted, project.attributions[data["attribution"]]["attribution"].sel(sample=wanted).values)) if wanted else {}
