@@ -47,9 +47,11 @@ def artifact_layer(kind: str, side: int = SIDE):
 
 
 def stamp(images, kind: str):
-    """`images` (n, 3, side, side) in [0, 1] with the artifact drawn in."""
+    """`images` (n, 3, side, side) in [0, 1] with the artifact drawn in (`relaylab.fix.verify.paste`)."""
+    from relaylab.fix.verify import paste
+
     mask, value = artifact_layer(kind, images.shape[-1])
-    return images * (1 - mask) + value * mask
+    return paste(images, value, mask)
 
 
 def digits(classes: tuple[int, ...] | None = None):
@@ -169,11 +171,12 @@ def accuracy(model, x, y) -> float:
 
 
 def flip_rate(model, x, y, target: int, kind: str) -> float:
-    """Share of the samples of other classes (correctly classified without it) that the artifact turns into `target`."""
-    keep = (y != target) & (predict(model, x) == y)
-    if not keep.any():
-        return float("nan")
-    return float((predict(model, stamp(x[keep], kind)) == target).mean())
+    """Share of the samples of other classes (correctly classified without it) that the artifact turns into `target`
+    (`relaylab.fix.verify.flip_rate` with this kind of artifact)."""
+    from relaylab.fix import verify
+
+    mask, value = artifact_layer(kind, x.shape[-1])
+    return verify.flip_rate(lambda images: predict(model, images), x, y, target, value, mask)
 
 
 def lrp(model, x, y, batch: int = 256):

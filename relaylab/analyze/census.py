@@ -228,11 +228,11 @@ def census_category(heatmaps: np.ndarray, samples: np.ndarray, eigenvalues: np.n
     the category's scores (0-d variables) and the chosen clustering's cluster summaries (`slot` dimension)."""
     maps = relevance_maps(heatmaps)
     k, split = split_score(eigenvalues) if eigenvalues is not None and len(eigenvalues) >= 3 else (0, 0.0)
-    name = clustering if clustering is not None else choose_clustering(clusterings, k)
+    spectral = choose_clustering(clusterings, k)
+    name = clustering if clustering is not None else spectral
     if name is not None and name not in clusterings:
         raise KeyError(name)
     core = None
-    spectral = choose_clustering(clusterings, k)
     if split >= SPLIT_CORE and spectral is not None:  # the graph falls apart: its largest piece is the main strategy
         found = np.asarray(clusterings[spectral])
         values, counts = np.unique(found[found >= 0], return_counts=True)

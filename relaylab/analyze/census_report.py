@@ -88,7 +88,7 @@ def _spectrum_png(path: Path, eigenvalues: np.ndarray, split_k: int) -> str:
 def write_report(store: str | Path, analysis: str, out: str | Path, *, top: int = 20) -> Path:
     """Write `out/census.json`, `out/index.html` and its PNGs (written to a temporary folder, then moved into place);
     returns the HTML's path."""
-    from ..explore.render import heatmap_rgba, overlay_rgba, input_rgb
+    from ..explore.render import heatmap_rgba, input_rgb, mask_rgba, overlay_rgba
 
     out = Path(out)
     tmp = out.with_name(f".{out.name}.writing-{os.getpid()}")
@@ -131,8 +131,7 @@ def write_report(store: str | Path, analysis: str, out: str | Path, *, top: int 
             for slot, cluster in enumerate(row["clusters"]):
                 images = [_png(tmp / f"{key}-c{slot}-mean.png", heatmap_rgba(ds["prototype_mean"].values[slot], COLORMAP)),
                           _png(tmp / f"{key}-c{slot}-median.png", heatmap_rgba(ds["prototype_median"].values[slot], COLORMAP)),
-                          _png(tmp / f"{key}-c{slot}-mask.png", np.repeat((ds["mask"].values[slot][..., None] * 255).astype(np.uint8), 4, axis=2)
-                               | np.array([0, 0, 0, 255], np.uint8))]
+                          _png(tmp / f"{key}-c{slot}-mask.png", mask_rgba(ds["mask"].values[slot]))]
                 typical = []
                 for sample in cluster["typical"]:
                     attribution = heatmaps[sample]

@@ -16,7 +16,7 @@ import panel as pn
 from ..errors import RelaylabError
 from . import state as vs
 from .data import small_read
-from .render import encode_png, heatmap_rgba
+from .render import encode_png, heatmap_rgba, mask_rgba
 from .view import ProjectViewer
 
 log = logging.getLogger(__name__)
@@ -84,8 +84,7 @@ class PrototypeView(ProjectViewer):
         cmap = s.colormap
         images = [("mean relevance", png_uri(heatmap_rgba(summary["prototype_mean"][slot], cmap))),
                   ("median relevance", png_uri(heatmap_rgba(summary["prototype_median"][slot], cmap))),
-                  ("estimated mask", png_uri(np.repeat((summary["mask"][slot][..., None] * 255).astype(np.uint8), 4, axis=2)
-                                             | np.array([0, 0, 0, 255], np.uint8)))]
+                  ("estimated mask", png_uri(mask_rgba(summary["mask"][slot])))]
         figures = "".join(f'<figure style="display:inline-block;margin:2px"><img src="{uri}" alt="{name}" data-kind="{name.split()[0]}" '
                           f'style="image-rendering:pixelated"><figcaption style="font-size:10px">{name}</figcaption></figure>'
                           for name, uri in images)

@@ -50,6 +50,12 @@ def heatmap_rgba(a: np.ndarray, colormap: str) -> np.ndarray:
     return COLORMAPS[colormap](normalized(a))
 
 
+def mask_rgba(mask: np.ndarray) -> np.ndarray:
+    """(H, W, 4) uint8: a boolean mask in white on black (the census's estimated artifact masks)."""
+    grey = np.where(np.asarray(mask, dtype=bool), 255, 0).astype(np.uint8)
+    return np.dstack([grey, grey, grey, np.full_like(grey, 255)])
+
+
 def overlay_rgba(image_rgb: np.ndarray, a: np.ndarray, colormap: str) -> np.ndarray:
     """ViRelAy's overlay: the heatmap blended over the greyscale input with alpha 0.9 |a| / max |a| (Pillow's composite)."""
     x = normalized(a)

@@ -15,7 +15,7 @@ import numpy as np
 
 def paste(images: np.ndarray, artifact: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """`images` (n, c, h, w) with the artifact drawn in: x · (1 − mask) + artifact · mask; `artifact` (c, h, w),
-    `mask` (h, w) or (c, h, w) in [0, 1]."""
+    `mask` (h, w), (1, h, w) or (c, h, w) in [0, 1]."""
     images = np.asarray(images)
     if mask.ndim == 2:
         mask = mask[None]
