@@ -68,6 +68,9 @@ class Explainer:
                                "occlusion": Occlusion}[name](model=self.model)
         if kind == "composite":
             self.attributor.__enter__()
+            from ..fix.clarc import corrections_last  # a corrected model's projections after the rules' hooks
+
+            corrections_last(self.model)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -107,6 +110,9 @@ class Explainer:
         if kind == "cam":
             return maps[:, None], logits
         with torch.enable_grad(), self.attributor:
+            from ..fix.clarc import corrections_last
+
+            corrections_last(self.model)
             _, guided = self.attributor(x, self.seed_fn(targets))
         return guided_gradcam(guided.detach(), maps), logits
 

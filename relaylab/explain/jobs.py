@@ -33,7 +33,7 @@ from ..data.dims import CLASS, SAMPLE
 from ..errors import RelaylabError, step
 from .attribution import Explainer
 from .methods import STRATEGIES, attribution_channels, check_method
-from .models import ModelSpec, check_layers, input_bounds, list_layers, load_model, model_spec_of, preprocess, torch_device
+from .models import ORIGINAL, ModelSpec, check_layers, input_bounds, list_layers, load_model, model_spec_of, preprocess, torch_device
 
 log = logging.getLogger(__name__)
 
@@ -202,10 +202,12 @@ class Checked:
     inputs: xr.Dataset
     n_classes: int
     classes: np.ndarray
+    version: str = "original"
 
 
-def check_common(store_path, *, name: str, kind: str, batch_size: int, device: str) -> Checked:
-    """What both jobs need, checked in the order a user fixes things: store, name, sizes, device, model."""
+def check_common(store_path, *, name: str, kind: str, batch_size: int, device: str, version: str | None = None) -> Checked:
+    """What both jobs need, checked in the order a user fixes things: store, name, sizes, device, model (the
+    recorded one, or the corrected `version` `relaylab fix` added)."""
     path = Path(store_path)
     where = str(path)
     zstore.store_metadata(path)  # a relaylab store at all
@@ -214,7 +216,7 @@ def check_common(store_path, *, name: str, kind: str, batch_size: int, device: s
     if not isinstance(batch_size, int) or batch_size < 1:
         raise RelaylabError.at(where, "batch_size", "a positive number of samples per batch", repr(batch_size))
     torch_device(device)
-    spec = model_spec_of(path)
+    spec = model_spec_of(path, version)
     inputs = zstore.open_group(path, "inputs", chunks=None)
     shape = tuple(int(inputs.sizes[d]) for d in ("channel", "y", "x"))
     if shape != tuple(spec.input_shape):
@@ -226,7 +228,7 @@ def check_common(store_path, *, name: str, kind: str, batch_size: int, device: s
     if classes.max() >= n_classes:
         raise RelaylabError.at(where, "zarr.json#attributes.relaylab.label_map", f"classes the model outputs (0…{n_classes - 1})",
                                f"class {int(classes.max())}")
-    return Checked(path, spec, model, inputs, n_classes, classes)
+    return Checked(path, spec, model, inputs, n_classes, classes, version or ORIGINAL)
 
 
 def provenance(checked: Checked, **settings) -> dict:
@@ -235,7 +237,8 @@ def provenance(checked: Checked, **settings) -> dict:
     from importlib.metadata import version
 
     spec = checked.spec
-    return {"model": spec.model, "weights": spec.weights or "", "canonizer": spec.canonizer, **settings,
+    return {"model": spec.model, "weights": spec.weights or "", "canonizer": spec.canonizer,
+            **({"model_version": checked.version} if checked.version != ORIGINAL else {}), **settings,
             "zennit": version("zennit"), "created_by": f"relaylab {__version__}"}
 
 
@@ -244,14 +247,14 @@ def provenance(checked: Checked, **settings) -> dict:
 
 def attribute(store_path: str | os.PathLike, *, name: str = "lrp", method: str = "epsilon_plus_flat",
               target: str | int = "predicted_label", layer: str | None = None, batch_size: int = 64, device: str = "cpu",
-              scheduler: str | None = None, progress: bool = True) -> str:
+              scheduler: str | None = None, progress: bool = True, model: str | None = None) -> str:
     """Write attributions/<name>: attribution (sample, channel, y, x) and prediction (sample, class) float32 (the
-    logits), for every sample of the store; returns the group written."""
+    logits), for every sample of the store, of the recorded model or its version `model`; returns the group written."""
     where = str(store_path)
     check_method(method, layer, where)
     if not (target in STRATEGIES or (isinstance(target, int | np.integer) and not isinstance(target, bool))):
         raise RelaylabError.at(where, "target", f"{' or '.join(STRATEGIES)}, or a class index", repr(target))
-    checked = check_common(store_path, name=name, kind="attributions", batch_size=batch_size, device=device)
+    checked = check_common(store_path, name=name, kind="attributions", batch_size=batch_size, device=device, version=model)
     path, inputs = checked.path, checked.inputs
     if not isinstance(target, str) and int(target) not in checked.classes:
         raise RelaylabError.at(where, "target", f"a class of the label map ({int(checked.classes.min())}…{int(checked.classes.max())}, "
@@ -292,7 +295,8 @@ def placeholders(inputs: xr.Dataset, variables: dict[str, tuple], attrs: dict | 
 
 
 def activations(store_path: str | os.PathLike, *, layers: list[str], name: str = "activations", pool: tuple[int, int] | None = (4, 4),
-                top_k: int = 10, batch_size: int = 64, device: str = "cpu", scheduler: str | None = None, progress: bool = True) -> str:
+                top_k: int = 10, batch_size: int = 64, device: str = "cpu", scheduler: str | None = None, progress: bool = True,
+                model: str | None = None) -> str:
     """Write activations/<name>/<layer>/activation (adaptive-avg-pooled to `pool` for spatial layers, (sample,
     feature) for flat ones) and activations/<name>/top_k (top_class, top_score = softmax); returns the group."""
     where = str(store_path)
@@ -300,7 +304,7 @@ def activations(store_path: str | os.PathLike, *, layers: list[str], name: str =
         raise RelaylabError.at(where, "layers", "one or more distinct layer names", repr(layers))
     if pool is not None and not (len(pool) == 2 and all(isinstance(p, int) and p > 0 for p in pool)):
         raise RelaylabError.at(where, "pool", "(height, width), positive integers, or None for no pooling", repr(pool))
-    checked = check_common(store_path, name=name, kind="activations", batch_size=batch_size, device=device)
+    checked = check_common(store_path, name=name, kind="activations", batch_size=batch_size, device=device, version=model)
     check_layers(checked.model, list(layers), where)
     if "top_k" in layers:
         raise RelaylabError.at(where, "layers", "layer names other than 'top_k' (the group of the top classes)", "'top_k'")

@@ -43,6 +43,7 @@ class ModelSpec:
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     canonizer: str = "auto"
+    correction: dict | None = None  # a model version's ClArC correction (relaylab.fix): method, layer, ...
     base: str | None = field(default=None, compare=False)
     origin: str = field(default=SPEC_WHERE, compare=False)  # where problems are reported: a store, or "model spec"
     origin_path: str = field(default="", compare=False)  # and the path of the spec inside it
@@ -64,7 +65,7 @@ class ModelSpec:
         if not isinstance(spec, dict):
             raise RelaylabError.at(where, path, "a model spec (a mapping with 'model', 'weights', 'kwargs', 'input_shape', ...)", type(spec).__name__)
         problems = []
-        known = {"model", "weights", "kwargs", "input_shape", "mean", "std", "canonizer"}
+        known = {"model", "weights", "kwargs", "input_shape", "mean", "std", "canonizer", "correction"}
         if unknown := sorted(set(spec) - known):
             problems.append(Problem(where, path, f"only the keys {sorted(known)}", f"{unknown}"))
         if not isinstance(spec.get("model"), str) or not spec.get("model"):
@@ -88,15 +89,23 @@ class ModelSpec:
                 problems.append(Problem(where, f"{path}.std", "non-zero standard deviations", repr(value)))
         if spec.get("canonizer", "auto") not in CANONIZERS:
             problems.append(Problem(where, f"{path}.canonizer", f"one of {', '.join(CANONIZERS)}", repr(spec.get("canonizer"))))
+        correction = spec.get("correction")
+        if correction is not None and not (isinstance(correction, dict) and isinstance(correction.get("method"), str)
+                                           and isinstance(correction.get("layer"), str)):
+            problems.append(Problem(where, f"{path}.correction", "a correction with its 'method' and 'layer' (relaylab fix writes it)",
+                                    repr(correction)))
         if problems:
             raise RelaylabError(problems)
         return cls(model=spec["model"], weights=spec.get("weights"), kwargs=dict(spec.get("kwargs") or {}),
                    input_shape=tuple(shape), mean=spec.get("mean"), std=spec.get("std"),
-                   canonizer=spec.get("canonizer", "auto"), base=str(base) if base is not None else None, origin=where, origin_path=path)
+                   canonizer=spec.get("canonizer", "auto"), correction=dict(correction) if correction else None,
+                   base=str(base) if base is not None else None, origin=where, origin_path=path)
 
     def to_dict(self) -> dict:
         spec = asdict(self)
         del spec["base"], spec["origin"], spec["origin_path"]
+        if spec["correction"] is None:  # an uncorrected model's record stays as before versions existed
+            del spec["correction"]
         return {**spec, "input_shape": list(self.input_shape), "mean": list(self.mean), "std": list(self.std)}
 
     def error(self, key: str, expected: str, found: str = "") -> RelaylabError:
@@ -114,22 +123,42 @@ class ModelSpec:
         weights = self.weights_path()
         stat = weights.stat() if weights is not None and weights.is_file() else None
         file = (str(weights.resolve()), stat.st_size, stat.st_mtime_ns) if stat else str(weights)
-        return repr((self.model, file, sorted(self.kwargs.items()), self.input_shape))
+        return repr((self.model, file, sorted(self.kwargs.items()), self.input_shape, sorted((self.correction or {}).items())))
 
 
 def is_torchvision_name(name: str) -> bool:
     return ":" not in name
 
 
-def model_spec_of(store_path: str | Path) -> ModelSpec:
-    """The spec recorded in a store (by `relaylab model` / `record_model`); relative weights are found beside it."""
+ORIGINAL = "original"  # the version name of the model `relaylab model` recorded
+VERSIONS = "model_versions"  # root metadata key: corrected versions of the model (relaylab fix), by name
+
+
+def model_versions(store_path: str | Path) -> dict[str, dict]:
+    """The model versions a store records, by name: the original (what `relaylab model` recorded) first, then each
+    corrected version `relaylab fix` added ({"spec", "parent", "correction", "verification", ...})."""
+    meta = zstore.store_metadata(store_path)
+    out = {ORIGINAL: meta["model"]} if isinstance(meta.get("model"), dict) else {}
+    out.update(meta.get(VERSIONS) or {})
+    return out
+
+
+def model_spec_of(store_path: str | Path, version: str | None = None) -> ModelSpec:
+    """The spec recorded in a store (by `relaylab model` / `record_model`), or of one of its corrected versions
+    (`relaylab fix`); relative weights are found beside the store."""
     meta = zstore.store_metadata(store_path)
     recorded = meta.get("model")
     if not isinstance(recorded, dict) or "spec" not in recorded:
         raise RelaylabError.at(store_path, "zarr.json#attributes.relaylab.model", "a model spec, recorded with `relaylab model PROJECT MODEL`",
                                "none")
-    return ModelSpec.from_dict(recorded["spec"], where=str(store_path), path="zarr.json#attributes.relaylab.model.spec",
-                               base=Path(store_path).resolve().parent)
+    where = "zarr.json#attributes.relaylab.model.spec"
+    if version not in (None, ORIGINAL):
+        versions = meta.get(VERSIONS) or {}
+        if version not in versions:
+            raise RelaylabError.at(store_path, f"zarr.json#attributes.relaylab.{VERSIONS}",
+                                   f"a model version of the store ({', '.join([ORIGINAL, *versions])})", repr(version))
+        recorded, where = versions[version], f"zarr.json#attributes.relaylab.{VERSIONS}.{version}.spec"
+    return ModelSpec.from_dict(recorded["spec"], where=str(store_path), path=where, base=Path(store_path).resolve().parent)
 
 
 def recorded_layers(store_path: str | Path) -> list[dict]:
@@ -216,6 +245,10 @@ def load_model(spec: ModelSpec, device: str = "cpu") -> nn.Module:
     if spec.weights is not None:
         _load_weights(model, spec)
     model = model.eval().to(on)
+    if spec.correction is not None:
+        from ..fix.clarc import apply_correction  # a corrected version (relaylab fix)
+
+        apply_correction(model, spec)
     try:
         with torch.no_grad():
             output = model(torch.zeros((1, *spec.input_shape), device=on))

@@ -69,7 +69,8 @@ def relevance_in_mask(heatmaps: np.ndarray, mask: np.ndarray) -> np.ndarray:
 def tcav(model, layer: str, direction: np.ndarray, inputs, target: int) -> tuple[float, float]:
     """(TCAV score, mean directional derivative): the share of `inputs` whose `target` logit rises along the
     direction in `layer`'s (flattened) output, and the mean of that derivative (Kim et al. 2018, "Interpretability
-    beyond feature attribution: TCAV")."""
+    beyond feature attribution: TCAV"). Measured at the layer's own output, before a P-ClArC projection on it: the
+    projection makes the derivative along its direction exactly 0."""
     import torch
 
     modules = dict(model.named_modules())
@@ -81,13 +82,62 @@ def tcav(model, layer: str, direction: np.ndarray, inputs, target: int) -> tuple
         output.retain_grad()
         captured["a"] = output
 
-    handle = modules[layer].register_forward_hook(keep)
+    handle = modules[layer].register_forward_hook(keep, prepend=True)  # the layer's own output, before any correction
     try:
         x = torch.as_tensor(inputs)
         model.zero_grad()
         model(x)[:, target].sum().backward()
     finally:
         handle.remove()
-    gradient = captured["a"].grad.reshape(len(x), -1).detach().numpy()
+    gradient = captured["a"].grad.reshape(len(x), -1).detach().double().numpy()
     derivative = gradient @ np.asarray(direction, dtype=np.float64).ravel()
-    return float(np.mean(derivative > 0)), float(np.mean(derivative))
+    # a derivative within rounding of 0 (P-ClArC's, exactly 0 in exact arithmetic) does not count as rising
+    rising = derivative > 1e-6 * np.linalg.norm(gradient, axis=1)
+    return float(np.mean(rising)), float(np.mean(derivative))
+
+
+def estimated_artifact_of(project, selection, attribution: str | None = None, max_rows: int = 500,
+                          seed: int = 0) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(artifact (c, h, w), mask (h, w) float, how) estimated from a `relaylab.fix.job.Selection`: where the
+    selection's relevance exceeds the rest of its category's (the census mask, on the pooled grid), grown to the
+    input pixels that tell the selection's inputs from the rest's (connected regions of at least half the largest
+    mean difference that touch the relevance mask); filled with the selection's mean input. The relevance mask alone
+    picks an artifact's most relevant pixels (often its edges), too few to paste it back; the input contrast alone
+    would also pick the category's own shapes."""
+    from scipy import ndimage
+
+    from ..analyze.census import cluster_summaries, relevance_maps
+    from ..data import store as zstore
+    from ..explore.data import small_read
+    from .job import read_inputs
+
+    if attribution is None:
+        meta = zstore.read_group_meta(project.path, f"analyses/{selection.analysis}") or {}
+        attribution = meta.get("attribution") or next(iter(project.attributions), None)
+    if attribution not in project.attributions:
+        raise ValueError(f"no attribution set {attribution!r} to estimate the artifact's mask from")
+    rng = np.random.default_rng(seed)
+    rest = np.setdiff1d(selection.members, selection.samples)
+    pick = lambda rows: rows if len(rows) <= max_rows else np.sort(rng.choice(rows, max_rows, replace=False))  # noqa: E731
+    inside, outside = pick(selection.samples), pick(rest)
+    heatmaps = small_read(project.attributions[attribution]["attribution"].sel(sample=np.concatenate([inside, outside])))
+    maps = relevance_maps(heatmaps)
+    labels = np.r_[np.ones(len(inside), np.int32), np.zeros(len(outside), np.int32)]
+    summary = cluster_summaries(maps, labels, np.zeros(len(labels)), np.zeros((len(labels), 1)), np.arange(len(labels)), max_clusters=2,
+                                typical=0)
+    relevance = summary["mask"][int(np.flatnonzero(summary["cluster_id"] == 1)[0])]
+    images_in = read_inputs(project, inside).astype(np.float32)
+    images_out = read_inputs(project, outside).astype(np.float32)
+    height, width = images_in.shape[-2:]
+    full = upsample_mask(relevance, height, width)
+    grown = ndimage.binary_dilation(full, iterations=max(1, height // relevance.shape[0])) if full.any() else full
+    contrast = np.abs(images_in.mean(axis=0) - images_out.mean(axis=0)).sum(axis=0)
+    mask = full
+    if contrast.max() > 0:
+        regions, count = ndimage.label(contrast >= 0.5 * contrast.max(), structure=np.ones((3, 3)))
+        touching = np.setdiff1d(np.unique(regions[grown]), [0])
+        if len(touching):
+            mask = np.isin(regions, touching)
+    how = {"source": "estimated", "attribution": attribution, "relevance_mask_pixels": int(full.sum()), "mask_pixels": int(mask.sum()),
+           "samples": int(len(inside))}
+    return images_in.mean(axis=0), mask.astype(np.float32), how
