@@ -32,7 +32,7 @@ had committed: run the same command again to resume it.
 EXIT_OK, EXIT_ERROR, EXIT_PROBLEMS, EXIT_INTERRUPTED = 0, 1, 2, 130
 MESSAGE_CHARS = 400  # an unexpected exception's message is cut to this in its one-line report
 RAW = argparse.RawDescriptionHelpFormatter
-STAGES = ("data", "explain", "analyze", "explore", "demo")  # the order of the workflow, and of `relaylab --help`
+STAGES = ("data", "explain", "analyze", "fix", "explore", "demo")  # the order of the workflow, and of `relaylab --help`
 
 
 def parser() -> argparse.ArgumentParser:

@@ -78,7 +78,8 @@ def cmd_attribute(args: argparse.Namespace) -> int:
     from .jobs import attribute
 
     group = attribute(args.project, name=args.name, method=args.method, target=args.target, layer=args.layer,
-                      batch_size=args.batch_size, device=args.device, scheduler=args.scheduler, progress=not args.quiet)
+                      batch_size=args.batch_size, device=args.device, scheduler=args.scheduler, progress=not args.quiet,
+                      model=args.model)
     print(f"wrote {group} ({args.method}, target {args.target}) in {args.project}")
     return 0
 
@@ -88,7 +89,7 @@ def cmd_activations(args: argparse.Namespace) -> int:
 
     pool = None if args.no_pool else tuple(args.pool)
     group = activations(args.project, layers=args.layers, name=args.name, pool=pool, top_k=args.top_k, batch_size=args.batch_size,
-                        device=args.device, scheduler=args.scheduler, progress=not args.quiet)
+                        device=args.device, scheduler=args.scheduler, progress=not args.quiet, model=args.model)
     print(f"wrote {group} ({len(args.layers)} layers) in {args.project}")
     return 0
 
@@ -179,6 +180,7 @@ def add_commands(commands) -> None:
     attribute.add_argument("--batch-size", type=int, default=64, help="samples per forward/backward pass (default: 64)")
     attribute.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     attribute.add_argument("--scheduler", metavar="ADDRESS", help="a Dask scheduler, e.g. tcp://host:8786 (default: this process)")
+    attribute.add_argument("--model", metavar="VERSION", help="a corrected model version (`relaylab versions`; default: the recorded model)")
     attribute.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     attribute.set_defaults(run=cmd_attribute)
 
@@ -199,5 +201,6 @@ def add_commands(commands) -> None:
     activations.add_argument("--batch-size", type=int, default=64, help="samples per forward pass (default: 64)")
     activations.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     activations.add_argument("--scheduler", metavar="ADDRESS", help="a Dask scheduler, e.g. tcp://host:8786 (default: this process)")
+    activations.add_argument("--model", metavar="VERSION", help="a corrected model version (`relaylab versions`; default: the recorded model)")
     activations.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     activations.set_defaults(run=cmd_activations)
