@@ -149,18 +149,6 @@ def test_tcav_of_a_linear_readout_follows_the_sign_of_its_weights_along_the_dire
     assert score == 0.0 and derivative == pytest.approx(-2.0)
 
 
-def test_the_estimated_artifact_is_the_mean_input_inside_the_upsampled_mask():
-    from relaylab.fix.verify import estimated_artifact
-
-    inputs = np.zeros((4, 1, 8, 8), np.float32)
-    inputs[:, :, :4, :4] = 0.8
-    census_mask = np.zeros((2, 2), bool)
-    census_mask[0, 0] = True  # the top-left quarter at the census's resolution
-    artifact, mask = estimated_artifact(inputs, census_mask)
-    assert mask[:4, :4].all() and not mask[4:, :].any() and not mask[:, 4:].any()
-    assert np.allclose(artifact[0, :4, :4], 0.8) and not artifact[0, 4:, 4:].any()
-
-
 def test_rr_clarc_makes_the_class_output_insensitive_along_the_direction_and_keeps_the_accuracy():
     """A model that learned a shortcut (a feature that is on for class 1 only in training): after RR-ClArC its class-1
     logit no longer rises along that feature's direction in the hidden layer, and clean accuracy stays."""

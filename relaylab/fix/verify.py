@@ -1,9 +1,9 @@
 """Numbers that say whether a shortcut is gone: what the artifact does to other classes' samples (flip rate), how
 much relevance still falls on it, and how sensitive the model's class output is along its direction (TCAV).
 
-The artifact itself is either given (an image and a mask) or estimated from the samples that carry it: the census
-mask of their cluster (where their relevance concentrates) scaled up to the input size, filled with their mean input
-there (`estimated_artifact`).
+The artifact itself is either given (an image and a mask) or estimated from the samples that carry it
+(`estimated_artifact_of`): where their relevance concentrates, grown to the pixels where their inputs differ from
+the rest of their category, filled with their mean input.
 """
 
 from __future__ import annotations
@@ -30,14 +30,6 @@ def upsample_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
     rows = np.minimum(np.arange(height) * mask.shape[0] // height, mask.shape[0] - 1)
     cols = np.minimum(np.arange(width) * mask.shape[1] // width, mask.shape[1] - 1)
     return mask[np.ix_(rows, cols)]
-
-
-def estimated_artifact(inputs: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(artifact (c, h, w), mask (h, w) as float) from the inputs of the samples that carry it and their cluster's
-    census mask: their mean input inside the mask, scaled to the input size."""
-    inputs = np.asarray(inputs, dtype=np.float32)
-    full = upsample_mask(np.asarray(mask, dtype=bool), inputs.shape[-2], inputs.shape[-1]).astype(np.float32)
-    return inputs.mean(axis=0) * full[None], full
 
 
 def flip_rate(predict: Callable[[np.ndarray], np.ndarray], images: np.ndarray, labels: np.ndarray, target: int,
