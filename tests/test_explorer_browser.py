@@ -776,3 +776,69 @@ def test_an_on_demand_map_shows_progress_while_other_clicks_are_answered(page, d
     meta = zstore.read_group_meta(store, "analyses/activation-input--tsne-p90-nall")
     assert meta is not None and meta["status"] == "complete" and meta["perplexity"] == 90
     page.screenshot(path=artifacts / "map-on-demand-done.png")
+
+
+# the before/after view of a fix
+
+
+@pytest.fixture(scope="module")
+def fixed_demo(demo_store, tmp_path_factory) -> Path:
+    """A copy of the demo with a P-ClArC version of its shortcut class, verified (`relaylab fix` as a user runs it)."""
+    from relaylab.fix.job import fix, verify
+
+    folder = tmp_path_factory.mktemp("fixed") / "demo"
+    folder.mkdir()
+    shutil.copytree(demo_store, folder / demo_store.name)
+    shutil.copy(demo_store.parent / "demo-cnn.pt", folder)
+    store = folder / demo_store.name
+    fix(store, category="3", version="pclarc", progress=False)
+    verify(store, "pclarc", progress=False)
+    return store
+
+
+def square_share(png_src: str) -> float:
+    """Share of a heatmap PNG's brightness inside the demo's artifact square."""
+    from relaylab.demo import build as demo
+    from relaylab.explore.layers import png_array
+
+    image = png_array(base64.b64decode(png_src.split(",", 1)[1]))[..., :3].astype(np.float64).sum(axis=2)
+    y0, y1, x0, x1 = (round(v * image.shape[0] / demo.SIZE) for v in demo.ARTIFACT_BOX)
+    return float(image[y0:y1, x0:x1].sum() / image.sum())
+
+
+def test_before_after_shows_both_models_heatmaps_for_the_same_samples(page, fixed_demo, artifacts):
+    """The fix tab: the version's artifact samples, then a selection from a link, each explained by the original and
+    the corrected model; the corrected heatmaps have left the square the original's sat on."""
+    from relaylab.explain.models import model_versions
+    from relaylab.explore.state import encode_ranges
+
+    entry = model_versions(fixed_demo)["pclarc"]
+    recorded = entry["selection"]["samples"][:8]
+    process, url, lines = serve([str(fixed_demo)], artifacts, "fix-server.log")
+    try:
+        open_explorer(page, f"{url}?analysisCategory=digit-3&tab=fix")
+        expect(page.locator(".rl-ba")).to_have_attribute("data-version", "pclarc", timeout=60_000)
+        rows = page.locator(".rl-ba-row")
+        expect(rows).to_have_count(len(recorded))
+        assert [int(row.get_attribute("data-sample")) for row in rows.all()] == recorded
+        shares = {"original": [], "corrected": []}
+        for row in rows.all():
+            for model in shares:
+                image = row.locator(f'img[data-model="{model}"]')
+                expect(image).to_have_count(1)
+                assert page.evaluate("(img) => img.complete && img.naturalWidth", image.element_handle()) == 32
+                shares[model].append(square_share(image.get_attribute("src")))
+        assert np.mean(shares["original"]) >= 2 * np.mean(shares["corrected"]), shares
+        numbers = page.locator(".rl-ba-numbers").inner_text()
+        assert f"{entry['verification']['corrected']['flip_rate']:.3f}" in numbers
+        page.screenshot(path=artifacts / "before-after.png", full_page=True)
+        # a selection from a share link: the same two heatmaps for exactly those samples
+        category, members, artifact = artifact_facts(fixed_demo)
+        chosen = sorted(int(s) for s in members[~artifact[members]][:3])
+        page.goto(f"{url}?analysisCategory={category}&tab=fix&modelVersion=pclarc&embeddingVectors={encode_ranges(chosen)}")
+        expect(page.locator(".rl-ba-row")).to_have_count(3, timeout=60_000)
+        assert [int(row.get_attribute("data-sample")) for row in page.locator(".rl-ba-row").all()] == chosen
+        for row in page.locator(".rl-ba-row").all():
+            assert row.locator('img[data-model="original"]').count() == 1 == row.locator('img[data-model="corrected"]').count()
+    finally:
+        stop(process, lines, artifacts, "fix-server.log")

@@ -63,9 +63,10 @@ class SampleExplainer:
     """The recorded model of a store, loaded once, explaining single samples (CAMs, LRP, guided backprop, Guided Grad-CAM,
     predictions, activations)."""
 
-    def __init__(self, project: Project, device: str = "cpu"):
+    def __init__(self, project: Project, device: str = "cpu", version: str | None = None):
         self.project = project
-        self.spec = models.model_spec_of(project.path)
+        self.version = version or models.ORIGINAL
+        self.spec = models.model_spec_of(project.path, version)
         recorded = project.metadata.get("store", {}).get("model", {})
         self.layers: list[dict] = list(recorded.get("layers", []))
         self.cam_layers: list[str] = [layer["name"] for layer in self.layers if len(layer.get("output_shape", [])) == 3]

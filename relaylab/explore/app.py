@@ -45,7 +45,8 @@ STYLE = """
 class ProjectView(pn.viewable.Viewer):
     """One project's tab, one screen: a sidebar of choices (what is plotted, which attribution set, how images look,
     legend and hover preview) beside the main area's tabs: the analysis (embedding and sample grid side by side), the
-    sample inspector, (with a model) the layer inspector, and two categories compared. All made from the project's data and this tab's one
+    sample inspector, (with a model) the layer inspector, two categories compared, and (with corrected model versions)
+    the same samples explained before and after the fix. All made from the project's data and this tab's one
     ViewState; the active tab is the state's `tab`, so a click on a card or a point opens the inspector."""
 
     def __init__(self, data: ProjectData, **params):
@@ -73,10 +74,17 @@ class ProjectView(pn.viewable.Viewer):
 
             self.layer_inspector = LayerInspector(data, self.state, lazy=True)
         self.compare = CompareView(data, self.state)
-        self.tab_names = ["analysis", "sample"] + (["layers"] if self.layer_inspector is not None else []) + ["compare"]
+        self.before_after = None
+        if data.has_model and vs.model_versions(data.project):
+            from .before_after import BeforeAfterView
+
+            self.before_after = BeforeAfterView(data, self.state)
+        self.tab_names = (["analysis", "sample"] + (["layers"] if self.layer_inspector is not None else []) + ["compare"]
+                          + (["fix"] if self.before_after is not None else []))
         self.tabs = pn.Tabs(("Analysis", self._analysis_tab()), ("Sample inspector", self.sample_inspector),
                             *((("Layers", self.layer_inspector),) if self.layer_inspector is not None else ()),
                             ("Compare categories", self.compare),
+                            *((("Before/after fix", self.before_after),) if self.before_after is not None else ()),
                             dynamic=False, sizing_mode="stretch_width", css_classes=["rl-main-tabs"])
         self.tabs.param.watch(lambda event: self.state.apply({"tab": self.tab_names[event.new]}), "active")
         self.state.param.watch(lambda event: self._show_tab(), "tab")

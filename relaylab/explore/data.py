@@ -187,6 +187,7 @@ class ProjectData:
         self._model_lock = threading.Lock()  # loading a model takes a while: not under the lock of the quick reads
         self._sample_info: SampleInfo | None = None
         self._explainer = None
+        self._versions: dict[str, object] = {}  # corrected model versions' explainers (the before/after tab)
         self._map_jobs: dict[str, MapJob] = {}
         self._recorded: dict[str, str | None] = {}  # analysis → the attribution set it records
 
@@ -222,8 +223,9 @@ class ProjectData:
         return self.key
 
     def close(self) -> None:
-        if self._explainer is not None:
-            self._explainer.close()
+        for explainer in [self._explainer, *self._versions.values()]:
+            if explainer is not None:
+                explainer.close()
         self.project.close()
 
     # ------------------------------------------------------------------------------------------------ analyses
@@ -399,6 +401,16 @@ class ProjectData:
                 self._explainer = SampleExplainer(self.project)
                 threading.Thread(target=self._warm_up, args=(self._explainer,), daemon=True, name="relaylab-warm-up").start()
             return self._explainer
+
+    def explainer_for(self, version: str):
+        """The `SampleExplainer` of a corrected model version (`relaylab fix`), loaded on first use and shared by all
+        sessions like the original's."""
+        with self._model_lock:
+            if version not in self._versions:
+                from ..explain.live import SampleExplainer
+
+                self._versions[version] = SampleExplainer(self.project, version=version)
+            return self._versions[version]
 
     def _warm_up(self, explainer) -> None:
         """Explain the first sample once in the background: torch's first passes (kernel selection, deterministic-mode

@@ -33,7 +33,7 @@ MAX_QUERY_SAMPLES = 50_000_000  # a share link's ranges may not expand beyond th
 MAX_LINK_RANGES = 2000  # a selection needing more ranges is left out of share links (URLs of > ~30 kB break); Export keeps it
 MAX_PINNED = 12  # samples side by side in the inspector
 CATEGORY_ORDERS = ("index", "suspicion")
-TABS = ("analysis", "sample", "layers", "compare")
+TABS = ("analysis", "sample", "layers", "compare", "fix")
 LRP_COMPOSITES = ("epsilon_plus_flat", "epsilon_plus", "epsilon_alpha2_beta1_flat", "epsilon_alpha2_beta1", "epsilon_gamma_box")
 DEFAULT_COMPOSITE = "epsilon_plus_flat"
 MAP_SOURCES = ("layer", "input")
@@ -80,9 +80,10 @@ KEYS = (
     Key("map_source", "mapSource", "relaylab.mapSource"),
     Key("map_perplexity", "mapPerplexity", "relaylab.mapPerplexity", "int"),
     Key("map_subset", "mapSubset", "relaylab.mapSubset", "int"),
+    Key("model_version", "modelVersion", "relaylab.modelVersion"),
 )
 NEWER_FIELDS = frozenset({"attribution", "pinned", "category_order", "compare", "tab", "label", "depth", "composite",
-                          "inspector_colormap", "map_source", "map_perplexity", "map_subset"})  # links carry these only when not at their defaults
+                          "inspector_colormap", "map_source", "map_perplexity", "map_subset", "model_version"})  # links carry these only when not at their defaults
 QUERY_KEYS = frozenset({"project", *(k.query for k in KEYS)})  # what makes a URL a share link
 
 
@@ -117,11 +118,12 @@ class ViewState(param.Parameterized):
     map_source = param.Selector(default="layer", objects=list(MAP_SOURCES), doc="the layer view's map: of the picked layer, or of the raw inputs")
     map_perplexity = param.Selector(default=30, objects=list(MAP_PERPLEXITIES), doc="t-SNE perplexity of the layer view's map")
     map_subset = param.Selector(default=0, objects={"100": 100, "1,000": 1000, "all": 0}, doc="samples in the layer view's map (0 = all)")
+    model_version = param.String("", doc="corrected model version (relaylab fix) the before/after tab shows beside the original ('' = the newest)")
 
     FIELDS = ("project", "analysis", "category", "embedding", "clustering", "x_dim", "y_dim", "color_by", "selection",
               "mode", "colormap", "sampling", "page", "page_size", "layer", "sample", "attribution", "pinned",
               "category_order", "compare", "tab", "label", "depth", "composite", "inspector_colormap", "map_source",
-              "map_perplexity", "map_subset")
+              "map_perplexity", "map_subset", "model_version")
 
     def values(self) -> dict:
         return {name: getattr(self, name) for name in self.FIELDS}
@@ -355,6 +357,16 @@ def color_options(project: Project) -> list[str]:
                       if coord.dims == ("sample",) and coord.dtype == bool]
 
 
+def model_versions(project: Project) -> dict[str, dict]:
+    """The corrected model versions `relaylab fix` recorded in the project's store, by name, oldest first (read from
+    the store each time: a version added while the explorer runs shows in the next session)."""
+    if project.metadata.get("format") != "relaylab-zarr":
+        return {}
+    from ..data.store import store_metadata
+
+    return dict(store_metadata(project.path).get("model_versions") or {})
+
+
 def model_layers(project: Project) -> list[str]:
     model = project.metadata.get("store", {}).get("model") or {}
     return [layer["name"] for layer in model.get("layers", [])]
@@ -489,6 +501,9 @@ def checked_values(given: dict, project: Project | None, file: str, keys: dict[s
     layers = model_layers(project)
     if values["layer"] is not None and values["layer"] not in layers:
         problem("layer", ("one of the model's layers: " + ", ".join(layers[:30])) if layers else "no layer (the project records no model)", values["layer"])
+    if values["model_version"] and values["model_version"] not in (versions := model_versions(project)):
+        problem("model_version", "one of the store's corrected model versions: " + (", ".join(versions) or "none (relaylab fix adds them)"),
+                values["model_version"])
     if problems:
         raise RelaylabError(problems)
     return values
