@@ -207,8 +207,9 @@ def read_inputs(project: Project, samples: np.ndarray) -> np.ndarray:
     return small_read(inputs.isel(sample=unique))[back] if len(unique) else np.zeros((0, *inputs.shape[1:]), inputs.dtype)
 
 
-def layer_outputs(model: torch.nn.Module, spec: models.ModelSpec, images: np.ndarray, layer: str) -> np.ndarray:
-    """(n, features) float32: the layer's flattened output for raw `images` (before any correction on it)."""
+def layer_outputs(model: torch.nn.Module, to_input, images: np.ndarray, layer: str) -> np.ndarray:
+    """(n, features) float32: the layer's flattened output for raw `images` (before any correction on it);
+    `to_input(batch)` makes the model's input tensor of a batch (`models.preprocess` for a store's model)."""
     module = dict(model.named_modules())[layer]
     captured = []
     handle = module.register_forward_hook(lambda m, a, out: captured.append(out.detach().reshape(len(out), -1).float().cpu()),
@@ -216,20 +217,25 @@ def layer_outputs(model: torch.nn.Module, spec: models.ModelSpec, images: np.nda
     try:
         with torch.no_grad():
             for start in range(0, len(images), BATCH):
-                model(models.preprocess(images[start:start + BATCH], spec))
+                model(to_input(images[start:start + BATCH]))
     finally:
         handle.remove()
     return torch.cat(captured).numpy() if captured else np.zeros((0, 0), np.float32)
 
 
-def predict_fn(model: torch.nn.Module, spec: models.ModelSpec):
+def predict_fn(model: torch.nn.Module, to_input):
     def predict(images: np.ndarray) -> np.ndarray:
         out = []
         with torch.no_grad():
             for start in range(0, len(images), BATCH):
-                out.append(model(models.preprocess(images[start:start + BATCH], spec)).argmax(1).cpu().numpy())
+                out.append(model(to_input(images[start:start + BATCH])).argmax(1).cpu().numpy())
         return np.concatenate(out) if out else np.zeros(0, np.int64)
     return predict
+
+
+def preprocessor(spec: models.ModelSpec, device: str = "cpu"):
+    """Raw stored images → the model's input on `device`."""
+    return lambda batch: models.preprocess(batch, spec, device)
 
 
 def split_samples(project: Project, seed: int = 0) -> tuple[np.ndarray, np.ndarray, str]:
@@ -316,9 +322,9 @@ def fix(store: str | Path, *, analysis: str = "spectral_analysis", category: str
         search = None
         if layer in (None, "auto"):
             with step("choosing the layer", store):
-                layer, search = choose_layer(project, model, spec, chosen, images, is_artifact, train, cav=cav, seed=seed)
+                layer, search = choose_layer(project, model, spec, chosen, images, is_artifact, train, cav=cav, seed=seed, device=device)
         with step(f"activations of {layer}", store):
-            features = layer_outputs(model, spec, images, layer)
+            features = layer_outputs(model, preprocessor(spec, device), images, layer)
         direction = learn_cav(features, is_artifact, method=cav, random_state=seed)
         if direction.accuracy < 0.7:
             log.warning("the CAV separates the artifact's samples from the rest of %s only with balanced accuracy %.2f at %s",
@@ -328,7 +334,7 @@ def fix(store: str | Path, *, analysis: str = "spectral_analysis", category: str
         checkpoint = {"correction": {"direction": torch.as_tensor(direction.direction), "reference": torch.as_tensor(direction.reference)}}
         if method != "p-clarc":
             with step(f"{method} fine-tuning", store):
-                x = models.preprocess(read_inputs(project, train), spec)
+                x = models.preprocess(read_inputs(project, train), spec, device)
                 y = torch.as_tensor(train_labels)
                 if method == "a-clarc":
                     from .verify import estimated_artifact_of, paste
@@ -337,7 +343,7 @@ def fix(store: str | Path, *, analysis: str = "spectral_analysis", category: str
                     raw = read_inputs(project, train)
                     half = np.random.default_rng(seed).random(len(raw)) < 0.5
                     raw[half] = paste(raw[half], artifact, mask)
-                    x = models.preprocess(raw, spec)
+                    x = models.preprocess(raw, spec, device)
                     model = fine_tune(model, x, y, epochs=epochs, lr=lr, seed=seed, progress=progress)
                 else:
                     model = rr_clarc(model, layer, direction, x.to(next(model.parameters()).device), y.to(next(model.parameters()).device),
@@ -376,44 +382,56 @@ SEARCH_BYTES = 2 * 2**30  # activations held for one candidate's CAV; layers tha
 SKIPPED_TYPES = ("ReLU", "MaxPool2d", "AdaptiveAvgPool2d", "AvgPool2d", "Dropout", "BatchNorm2d", "Identity")
 
 
-def candidate_layers(model: torch.nn.Module, spec: models.ModelSpec, n_samples: int) -> list[str]:
+def candidate_layers(model: torch.nn.Module, input_shape: tuple[int, ...], n_samples: int, where: str = "model") -> list[str]:
     """Up to SEARCH_LAYERS layers with a spatial output (convolutions and blocks, not activations or pooling),
     spread evenly from first to last, whose flattened outputs for the CAV's samples fit SEARCH_BYTES."""
-    spatial = [entry["name"] for entry in models.list_layers(model, spec.input_shape) if len(entry["output_shape"]) == 3
+    spatial = [entry["name"] for entry in models.list_layers(model, input_shape) if len(entry["output_shape"]) == 3
                and entry["type"] not in SKIPPED_TYPES and n_samples * 4 * int(np.prod(entry["output_shape"])) <= SEARCH_BYTES]
     if not spatial:
-        raise RelaylabError.at(spec.origin, "layer", "--layer (the model has no convolutional layer small enough to search)", "none")
+        raise RelaylabError.at(where, "layer", "--layer (the model has no convolutional layer small enough to search)", "none")
     picks = np.unique(np.round(np.linspace(0, len(spatial) - 1, min(SEARCH_LAYERS, len(spatial)))).astype(int))
     return [spatial[i] for i in picks]
 
 
-def choose_layer(project: Project, model: torch.nn.Module, spec: models.ModelSpec, chosen: Selection, images: np.ndarray,
-                 is_artifact: np.ndarray, train: np.ndarray, *, cav: str, seed: int) -> tuple[str, list[dict]]:
-    """The layer where P-ClArC removes the estimated artifact's effect best: per candidate, the CAV, then on fine-tuning
-    samples of other classes (never the evaluated ones) the flip rate with the estimated artifact pasted in and the
-    share of clean predictions the projection changes; the lowest sum wins, ties to the earlier layer."""
-    from .verify import estimated_artifact_of, flip_rate
+def layer_search(model: torch.nn.Module, to_input, images: np.ndarray, is_artifact: np.ndarray, layers: list[str],
+                 others: np.ndarray, other_labels: np.ndarray, target: int, artifact: np.ndarray, mask: np.ndarray, *,
+                 cav: str = "pattern", seed: int = 0) -> tuple[str, list[dict]]:
+    """The layer of `layers` where P-ClArC removes the artifact's effect best: per layer the CAV of `images`
+    (`is_artifact` against the rest), then on `others` (samples of other classes) the flip rate to `target` with
+    the artifact pasted in and the share of their predictions the projection changes; the lowest sum wins, ties to
+    the earlier layer."""
+    from .verify import flip_rate
 
-    artifact, mask, _ = estimated_artifact_of(project, chosen, seed=seed)
-    rng = np.random.default_rng(seed)
-    others = train[~np.isin(train, chosen.members)]
-    others = others if len(others) <= SEARCH_SAMPLES else np.sort(rng.choice(others, SEARCH_SAMPLES, replace=False))
-    other_images, other_labels = read_inputs(project, others), single_labels(project, others)
-    original = predict_fn(model, spec)(other_images)
+    original = predict_fn(model, to_input)(others)
     rows = []
-    for layer in candidate_layers(model, spec, len(images)):
-        direction = learn_cav(layer_outputs(model, spec, images, layer), is_artifact, method=cav, random_state=seed)
+    for layer in layers:
+        direction = learn_cav(layer_outputs(model, to_input, images, layer), is_artifact, method=cav, random_state=seed)
         handle = add_projection(model, layer, direction)
         try:
-            predict = predict_fn(model, spec)
-            flips = flip_rate(predict, other_images, other_labels, chosen.label, artifact.astype(np.float32), mask)
-            changed = float(np.mean(predict(other_images) != original))
+            predict = predict_fn(model, to_input)
+            flips = flip_rate(predict, others, other_labels, target, artifact.astype(np.float32), mask)
+            changed = float(np.mean(predict(others) != original))
         finally:
             handle.remove()
         rows.append({"layer": layer, "cav_accuracy": direction.accuracy, "flip_rate": flips, "changed_predictions": changed})
         log.info("layer search: %s", rows[-1])
     best = min(range(len(rows)), key=lambda i: (round(np.nan_to_num(rows[i]["flip_rate"], nan=1.0) + rows[i]["changed_predictions"], 3), i))
     return rows[best]["layer"], rows
+
+
+def choose_layer(project: Project, model: torch.nn.Module, spec: models.ModelSpec, chosen: Selection, images: np.ndarray,
+                 is_artifact: np.ndarray, train: np.ndarray, *, cav: str, seed: int, device: str = "cpu") -> tuple[str, list[dict]]:
+    """`layer_search` over the model's `candidate_layers`, with the artifact estimated from the selection, on
+    fine-tuning samples of other classes (never the evaluated ones)."""
+    from .verify import estimated_artifact_of
+
+    artifact, mask, _ = estimated_artifact_of(project, chosen, seed=seed)
+    rng = np.random.default_rng(seed)
+    others = train[~np.isin(train, chosen.members)]
+    others = others if len(others) <= SEARCH_SAMPLES else np.sort(rng.choice(others, SEARCH_SAMPLES, replace=False))
+    layers = candidate_layers(model, spec.input_shape, len(images), spec.origin)
+    return layer_search(model, preprocessor(spec, device), images, is_artifact, layers, read_inputs(project, others),
+                        single_labels(project, others), chosen.label, artifact, mask, cav=cav, seed=seed)
 
 
 def load_version(store: str | Path, version: str, device: str = "cpu") -> tuple[torch.nn.Module, models.ModelSpec, dict]:
@@ -458,8 +476,8 @@ def heatmaps_of(model: torch.nn.Module, spec: models.ModelSpec, images: np.ndarr
     out = []
     with deterministic(), Explainer(model, method, canonizer=spec.canonizer) as explain:
         for start in range(0, len(images), BATCH):
-            x = models.preprocess(images[start:start + BATCH], spec)
-            attribution, _ = explain(x, torch.full((len(x),), label, dtype=torch.long))
+            x = models.preprocess(images[start:start + BATCH], spec, next(model.parameters()).device)
+            attribution, _ = explain(x, torch.full((len(x),), label, dtype=torch.long, device=x.device))
             out.append(attribution.float().cpu().numpy())
     return np.concatenate(out)
 
@@ -556,7 +574,7 @@ def verify(store: str | Path, version: str, *, artifact_image: str | Path | None
         for name in tqdm(networks, desc="verifying", unit="model", disable=not progress, leave=False):
             model = networks[name]
             spec_of = corrected_spec if name == "corrected" else spec
-            predict = predict_fn(model, spec_of)
+            predict = predict_fn(model, preprocessor(spec_of, device))
             with step(f"verifying the {name} model", store):
                 numbers = {"accuracy": float(np.mean(predict(images) == labels)) if len(images) else None,
                            "accuracy_artifact_samples": float(np.mean(predict(artifact_images) == label)) if len(artifact_images) else None,
@@ -565,7 +583,7 @@ def verify(store: str | Path, version: str, *, artifact_image: str | Path | None
                 numbers["relevance_in_mask"] = float(relevance_in_mask(maps, mask > 0.5).mean())
                 figures[f"heatmaps_{name}"] = maps[:8]
                 numbers.update(spray_scores(heatmaps_of(model, spec_of, spray_images, label, method), spray_members, marked, config))
-                numbers["tcav_score"], numbers["tcav_derivative"] = tcav(model, layer, direction, models.preprocess(tcav_images, spec_of), label)
+                numbers["tcav_score"], numbers["tcav_derivative"] = tcav(model, layer, direction, models.preprocess(tcav_images, spec_of, device), label)
             result[name] = numbers
         before, after = result["original"], result["corrected"]
         result["change"] = {

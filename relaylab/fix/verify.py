@@ -81,24 +81,49 @@ def tcav(model, layer: str, direction: np.ndarray, inputs, target: int) -> tuple
         model(x)[:, target].sum().backward()
     finally:
         handle.remove()
-    gradient = captured["a"].grad.reshape(len(x), -1).detach().double().numpy()
+    gradient = captured["a"].grad.reshape(len(x), -1).detach().double().cpu().numpy()
     derivative = gradient @ np.asarray(direction, dtype=np.float64).ravel()
     # a derivative within rounding of 0 (P-ClArC's, exactly 0 in exact arithmetic) does not count as rising
     rising = derivative > 1e-6 * np.linalg.norm(gradient, axis=1)
     return float(np.mean(rising)), float(np.mean(derivative))
 
 
-def estimated_artifact_of(project, selection, attribution: str | None = None, max_rows: int = 500,
-                          seed: int = 0) -> tuple[np.ndarray, np.ndarray, dict]:
-    """(artifact (c, h, w), mask (h, w) float, how) estimated from a `relaylab.fix.job.Selection`: where the
-    selection's relevance exceeds the rest of its category's (the census mask, on the pooled grid), grown to the
-    input pixels that tell the selection's inputs from the rest's (connected regions of at least half the largest
-    mean difference that touch the relevance mask); filled with the selection's mean input. The relevance mask alone
-    picks an artifact's most relevant pixels (often its edges), too few to paste it back; the input contrast alone
-    would also pick the category's own shapes."""
+def estimate_artifact(inputs_in: np.ndarray, inputs_out: np.ndarray, heatmaps_in: np.ndarray,
+                      heatmaps_out: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(artifact (c, h, w), mask (h, w) float, how) from the inputs and heatmaps of the samples carrying it (`_in`)
+    and of the rest of their category (`_out`): where the selection's relevance exceeds the rest's (the census mask,
+    on its pooled grid), grown to the input pixels that tell the two groups' inputs apart (connected regions of at
+    least half the largest mean difference that touch the relevance mask); filled with the selection's mean input.
+    The relevance mask alone picks an artifact's most relevant pixels (often its edges), too few to paste it back;
+    the input contrast alone would also pick the category's own shapes."""
     from scipy import ndimage
 
     from ..analyze.census import cluster_summaries, relevance_maps
+
+    maps = relevance_maps(np.concatenate([heatmaps_in, heatmaps_out]))
+    labels = np.r_[np.ones(len(heatmaps_in), np.int32), np.zeros(len(heatmaps_out), np.int32)]
+    summary = cluster_summaries(maps, labels, np.zeros(len(labels)), np.zeros((len(labels), 1)), np.arange(len(labels)), max_clusters=2,
+                                typical=0)
+    relevance = summary["mask"][int(np.flatnonzero(summary["cluster_id"] == 1)[0])]
+    inside, outside = np.asarray(inputs_in, dtype=np.float32), np.asarray(inputs_out, dtype=np.float32)
+    height, width = inside.shape[-2:]
+    full = upsample_mask(relevance, height, width)
+    grown = ndimage.binary_dilation(full, iterations=max(1, height // relevance.shape[0])) if full.any() else full
+    contrast = np.abs(inside.mean(axis=0) - outside.mean(axis=0)).sum(axis=0)
+    mask = full
+    if contrast.max() > 0:
+        regions, _ = ndimage.label(contrast >= 0.5 * contrast.max(), structure=np.ones((3, 3)))
+        touching = np.setdiff1d(np.unique(regions[grown]), [0])
+        if len(touching):
+            mask = np.isin(regions, touching)
+    how = {"source": "estimated", "relevance_mask_pixels": int(full.sum()), "mask_pixels": int(mask.sum()), "samples": int(len(inside))}
+    return inside.mean(axis=0), mask.astype(np.float32), how
+
+
+def estimated_artifact_of(project, selection, attribution: str | None = None, max_rows: int = 500,
+                          seed: int = 0) -> tuple[np.ndarray, np.ndarray, dict]:
+    """`estimate_artifact` of a `relaylab.fix.job.Selection` in its project: at most `max_rows` samples a side, the
+    heatmaps of the attribution set its analysis was computed on."""
     from ..data import store as zstore
     from ..explore.data import small_read
     from .job import read_inputs
@@ -112,24 +137,7 @@ def estimated_artifact_of(project, selection, attribution: str | None = None, ma
     rest = np.setdiff1d(selection.members, selection.samples)
     pick = lambda rows: rows if len(rows) <= max_rows else np.sort(rng.choice(rows, max_rows, replace=False))  # noqa: E731
     inside, outside = pick(selection.samples), pick(rest)
-    heatmaps = small_read(project.attributions[attribution]["attribution"].sel(sample=np.concatenate([inside, outside])))
-    maps = relevance_maps(heatmaps)
-    labels = np.r_[np.ones(len(inside), np.int32), np.zeros(len(outside), np.int32)]
-    summary = cluster_summaries(maps, labels, np.zeros(len(labels)), np.zeros((len(labels), 1)), np.arange(len(labels)), max_clusters=2,
-                                typical=0)
-    relevance = summary["mask"][int(np.flatnonzero(summary["cluster_id"] == 1)[0])]
-    images_in = read_inputs(project, inside).astype(np.float32)
-    images_out = read_inputs(project, outside).astype(np.float32)
-    height, width = images_in.shape[-2:]
-    full = upsample_mask(relevance, height, width)
-    grown = ndimage.binary_dilation(full, iterations=max(1, height // relevance.shape[0])) if full.any() else full
-    contrast = np.abs(images_in.mean(axis=0) - images_out.mean(axis=0)).sum(axis=0)
-    mask = full
-    if contrast.max() > 0:
-        regions, count = ndimage.label(contrast >= 0.5 * contrast.max(), structure=np.ones((3, 3)))
-        touching = np.setdiff1d(np.unique(regions[grown]), [0])
-        if len(touching):
-            mask = np.isin(regions, touching)
-    how = {"source": "estimated", "attribution": attribution, "relevance_mask_pixels": int(full.sum()), "mask_pixels": int(mask.sum()),
-           "samples": int(len(inside))}
-    return images_in.mean(axis=0), mask.astype(np.float32), how
+    heatmaps = project.attributions[attribution]["attribution"]
+    artifact, mask, how = estimate_artifact(read_inputs(project, inside), read_inputs(project, outside),
+                                            small_read(heatmaps.sel(sample=inside)), small_read(heatmaps.sel(sample=outside)))
+    return artifact, mask, {**how, "attribution": attribution}
