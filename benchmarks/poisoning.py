@@ -23,6 +23,12 @@ poisoned training samples (LRP, zennit's EpsilonPlusFlat, of each sample's train
   `SpectralSignatureDefense` reads: the last layer's), AUROC / AP on the same samples.
 Clean trials (`--clean-trials`): models trained on clean data, explained on clean data: how often the census flags
 any class (false alarms).
+Correction stage, for each poisoned model that uses its artifact (flip rate ≥ USED): the samples the target class's
+census points at taken as the artifact's (`relaylab.fix.job.census_suspects`, what `relaylab fix` takes by default;
+how many of them are poisoned is recorded), the layer chosen and the artifact estimated as `relaylab fix` does, then P-ClArC, RR-ClArC
+(λ 1e4, 5 epochs, lr 1e-3 on the poisoned training split) and A-ClArC (5 epochs with the estimated artifact pasted
+into half the training samples): clean test accuracy, attacked accuracy (other classes' test samples with the true
+artifact stamped on, against their true labels) and flip rate, beside the uncorrected model's.
 
 Results: one JSON line per setting in `<out>/poisoning-runs/<grid>.jsonl` (a re-run skips the settings done), then
 the summary table on stdout, `poisoning-<stamp>.json/.csv` and the two scatter panels (`poisoning-accuracy.png`,
@@ -47,6 +53,7 @@ PREVALENCES = (0.01, 0.02, 0.05, 0.10, 0.30)
 ATTACKS = ("artifact", "backdoor")
 TWO_CLASS_TARGETS = (3, 8)  # class c−1 vs c
 USED = 0.2  # flip rate at which a model counts as using the artifact (the issue's goals)
+RECORD = 2  # 2: records carry the correction stage
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -88,6 +95,9 @@ def _spray_and_census(heatmaps, labels, poison, target: int) -> dict:
         census = census_category(x, members, spray.eigenvalues_, spray.labels_).dataset
         scores[int(c)] = float(census["score"])
         if c == target:
+            from relaylab.fix.job import census_suspects
+
+            out["_suspects"] = members[census_suspects(census)[0]]  # what `relaylab fix` takes by default
             truth = poison[members]
             hdbscan = next(v for k, v in spray.labels_.items() if k.startswith("hdbscan"))
             sample = census["sample_score"].values
@@ -126,6 +136,68 @@ def _art(model, x, y, n_classes: int, target: int, poison) -> dict:
     signature = SpectralSignatureDefense.spectral_signature_scores(features).ravel()
     out["signature_auroc"] = float(roc_auc_score(truth, signature))
     out["signature_ap"] = float(average_precision_score(truth, signature))
+    return out
+
+
+CORRECTIONS = ("p-clarc", "rr-clarc", "a-clarc")
+
+
+def _correct(model, data, heatmaps, suspects, seed: int) -> dict:
+    """Each ClArC method applied to a copy of `model` along the direction of the samples the census points at in the target
+    class (`suspects`), the layer chosen and the artifact estimated as `relaylab fix` does; per method (and for the
+    uncorrected model) clean test accuracy, attacked accuracy (test samples of the other classes with the true
+    artifact stamped on, against their true labels) and flip rate."""
+    import copy
+
+    import numpy as np
+    import torch
+
+    from relaylab.fix.cav import learn_cav
+    from relaylab.fix.clarc import add_projection, rr_clarc
+    from relaylab.fix.job import candidate_layers, fine_tune, layer_outputs, layer_search
+    from relaylab.fix.verify import estimate_artifact, paste
+
+    from .poisoning_data import accuracy, flip_rate, stamp
+
+    x, y, target = data.x_train, data.y_train, data.target
+    members = np.flatnonzero(y == target)
+    rest = np.setdiff1d(members, suspects)
+    truth = data.poison_train[suspects]
+    out = {"suspects": int(len(suspects)), "suspect_precision": float(truth.mean()) if len(suspects) else float("nan"),
+           "suspect_recall": float(truth.sum() / max(data.poison_train[members].sum(), 1))}
+    if len(suspects) < 2 or len(rest) < 2:
+        return {**out, "skipped": "the census's suspects leave fewer than 2 samples a side"}
+    others = np.flatnonzero(y != target)
+    attacked_x = stamp(data.x_test[data.y_test != target], data.kind)
+    attacked_y = data.y_test[data.y_test != target]
+
+    def numbers(m) -> dict:
+        return {"accuracy": accuracy(m, data.x_test, data.y_test), "attacked_accuracy": accuracy(m, attacked_x, attacked_y),
+                "flip_rate": flip_rate(m, data.x_test, data.y_test, target, data.kind)}
+
+    out["uncorrected"] = numbers(model)
+    artifact, mask, how = estimate_artifact(x[suspects], x[rest], heatmaps[suspects], heatmaps[rest])
+    out["artifact_mask_pixels"] = how["mask_pixels"]
+    rows = np.r_[suspects, rest]
+    is_artifact = np.r_[np.ones(len(suspects), bool), np.zeros(len(rest), bool)]
+    to_input = torch.as_tensor
+    layer, _ = layer_search(model, to_input, x[rows], is_artifact, candidate_layers(model, x.shape[1:], len(rows)), x[others],
+                            y[others], target, artifact, mask, seed=seed)
+    cav = learn_cav(layer_outputs(model, to_input, x[rows], layer), is_artifact, random_state=seed)
+    out.update(layer=layer, cav_accuracy=cav.accuracy)
+    xt, yt = torch.as_tensor(x), torch.as_tensor(y)
+    for method in CORRECTIONS:
+        corrected = copy.deepcopy(model)
+        if method == "p-clarc":
+            add_projection(corrected, layer, cav)
+        elif method == "rr-clarc":
+            rr_clarc(corrected, layer, cav, xt, yt, strength=1e4, epochs=5, lr=1e-3, seed=seed)
+        else:
+            augmented = x.copy()
+            half = np.random.default_rng(seed).random(len(x)) < 0.5
+            augmented[half] = paste(augmented[half], artifact, mask)
+            fine_tune(corrected, torch.as_tensor(augmented), yt, epochs=5, lr=1e-3, seed=seed, progress=False)
+        out[method] = numbers(corrected)
     return out
 
 
@@ -181,8 +253,11 @@ def run_setting(setting: dict) -> dict:
         found = _spray_and_census(heatmaps, data.y_train, data.poison_train, target)
         result[name] = {"accuracy": accuracy(model, data.x_test, data.y_test),
                         "flip_rate": flip_rate(model, data.x_test, data.y_test, target, kind), **found}
+        suspects = result[name].pop("_suspects")
         if name == "poisoned":
             result[name].update(_art(model, data.x_train, data.y_train, n_classes, target, data.poison_train))
+            if result[name]["flip_rate"] >= USED:  # a model that uses the artifact: correct it, as the census found it
+                result["correction"] = _correct(model, data, heatmaps, suspects, seed)
     result["seconds"] = time.perf_counter() - started
     return result
 
@@ -207,6 +282,7 @@ def grid(args) -> list[dict]:
 
 def key(setting: dict) -> str:
     named = {k: setting[k] for k in ("task", "attack", "kind", "prevalence", "seed", "epochs")}
+    named["record"] = RECORD  # a log of records without the correction stage is not read back as this grid's
     if setting.get("project"):  # digits settings keep the keys they had before projects could be given
         named["project"] = setting["project"]
     return json.dumps(named, sort_keys=True)
@@ -304,6 +380,7 @@ def summarise(records: list[dict]) -> tuple[list[dict], list[str]]:
             lines.append("  where the census loses to an ART detector:")
             lines += [f"    {loss}" for loss in losses]
         rows.append(row("poisoning", "goals", "census_wins", sum(wins) / len(used), "fraction"))
+        lines += correction_lines(used, rows)
     clean = [r for r in records if r["attack"] == "clean"]
     if clean:
         alarms = [len(r["flagged"]) > 0 for r in clean]
@@ -311,6 +388,35 @@ def summarise(records: list[dict]) -> tuple[list[dict], list[str]]:
                      f"({', '.join(str(r['flagged']) for r in clean if r['flagged']) or 'none'})")
         rows.append(row("poisoning", "clean", "false_alarm_trials", sum(alarms) / len(clean), "fraction"))
     return rows, lines
+
+
+def correction_lines(used: list[dict], rows: list[dict]) -> list[str]:
+    """The correction stage's summary over the settings whose model uses the artifact and whose census suspects are
+    mostly poisoned samples ("found"): per method and attack, mean clean accuracy, attacked accuracy and flip rate."""
+    import numpy as np
+
+    corrected = [r for r in used if "skipped" not in r.get("correction", {"skipped": "not run"})]
+    found = [r for r in corrected if r["correction"]["suspect_precision"] >= 0.5]
+    lines = ["", f"correction (relaylab fix's methods on the samples the census points at): {len(corrected)} settings corrected, the suspects "
+             f"mostly poisoned samples in {len(found)}"]
+    if not found:
+        return lines
+    lines.append(f"  {'attack':9s}{'method':12s}{'n':>4s}{'clean acc':>10s}{'attacked':>10s}{'flip':>7s}{'attacked ≥ 0.9 clean':>22s}")
+    for attack in ("artifact", "backdoor"):
+        group = [r["correction"] for r in found if r["attack"] == attack]
+        for method in ("uncorrected", *CORRECTIONS):
+            if not group:
+                continue
+            clean = np.array([g[method]["accuracy"] for g in group])
+            attacked = np.array([g[method]["attacked_accuracy"] for g in group])
+            flips = np.array([g[method]["flip_rate"] for g in group], dtype=float)
+            held = int((attacked >= 0.9 * clean).sum())
+            lines.append(f"  {attack:9s}{method:12s}{len(group):4d}{clean.mean():10.3f}{attacked.mean():10.3f}{np.nanmean(flips):7.3f}"
+                         f"{held:>14d} of {len(group)}")
+            for name, value in (("accuracy", clean.mean()), ("attacked_accuracy", attacked.mean()), ("flip_rate", np.nanmean(flips)),
+                                ("attacked_ge_0.9_clean", held / len(group))):
+                rows.append(row("poisoning", f"correction/{attack}/{method}", name, float(value), ""))
+    return lines
 
 
 def scatter(records: list[dict], out: Path) -> list[Path]:

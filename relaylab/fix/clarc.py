@@ -121,7 +121,8 @@ def rr_clarc(model: nn.Module, layer: str | None, cav: CAV | None, x: torch.Tens
                         a = captured["a"]
                         chosen = (logits * torch.sign(0.5 - torch.rand_like(logits))).sum()
                         gradient, = torch.autograd.grad(chosen, a, create_graph=True)
-                        loss = loss + strength * ((gradient.reshape(len(rows), -1) @ v.to(gradient.dtype)) ** 2).mean()
+                        along = gradient.reshape(len(rows), -1) @ v.to(gradient.dtype)
+                        loss = loss + strength * (along ** 2).mean()
                     optimizer.zero_grad()
                     loss.backward()
                     optimizer.step()

@@ -179,16 +179,30 @@ def resolve_selection(project: Project, *, analysis: str, category: str | int | 
         ds = census[name].dataset if name in census.children else None
         if ds is None:
             raise RelaylabError.at(store, f"census/{analysis}/{name}", "the category's census", "none (skipped by the census)")
-        used = np.flatnonzero(ds["cluster_id"].values != -2)
-        top = int(ds["cluster_id"].values[used[0]])
-        samples = np.asarray(ds["index"].values, dtype=np.int64)[ds["cluster"].values == top]
-        source = f"census top cluster ({ds.attrs.get('clustering') or census[name].attrs.get('clustering')}:{top})"
+        chosen_rows, source = census_suspects(ds, census[name].attrs.get("clustering"))
+        samples = np.asarray(ds["index"].values, dtype=np.int64)[chosen_rows]
     if len(samples) == 0:
         raise RelaylabError.at(selection or store, f"analyses/{analysis}/{name}", "at least 2 samples carrying the artifact", "an empty selection")
     if len(samples) >= len(members) - 1:
         raise RelaylabError.at(selection or store, f"analyses/{analysis}/{name}", "a selection that leaves at least 2 other samples of "
                                f"the category to contrast it with", f"{len(samples)} of its {len(members)} samples")
     return Selection(analysis, name, class_of(project, name), members, np.sort(samples), source)
+
+
+def census_suspects(census, clustering: str | None = None) -> tuple[np.ndarray, str]:
+    """(one bool per member, in words) the samples a category's census points at: its far group (sample scores
+    beyond the census's threshold) where the census calls it separated (Ashman's D ≥ the census's SEPARATION_MID),
+    else its most suspicious cluster. A handful of marked samples in a large class sit in no cluster of their own
+    but far from the main strategy; a large marked group is both."""
+    from ..analyze.census import SEPARATION_MID, UNUSED
+
+    far = census["sample_score"].values > float(census["threshold"])
+    separation = float(census["separation"])
+    if separation >= SEPARATION_MID and far.sum() >= 2:
+        return far, f"census far group ({int(far.sum())} samples beyond the score threshold, separation {separation:.1f})"
+    used = np.flatnonzero(census["cluster_id"].values != UNUSED)
+    top = int(census["cluster_id"].values[used[0]])
+    return census["cluster"].values == top, f"census top cluster ({clustering or census.attrs.get('clustering')}:{top})"
 
 
 # ----------------------------------------------------------------------------------------------- model passes
@@ -379,7 +393,8 @@ def fine_tune(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, epoch
 SEARCH_LAYERS = 4  # candidate layers tried by the layer search
 SEARCH_SAMPLES = 500  # other classes' fine-tuning samples the search pastes the artifact into
 SEARCH_BYTES = 2 * 2**30  # activations held for one candidate's CAV; layers that need more are skipped
-SKIPPED_TYPES = ("ReLU", "MaxPool2d", "AdaptiveAvgPool2d", "AvgPool2d", "Dropout", "BatchNorm2d", "Identity")
+SKIPPED_TYPES = ("ReLU", "MaxPool2d", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "AvgPool2d", "Dropout", "Dropout2d", "BatchNorm2d",
+                 "Identity")
 
 
 def candidate_layers(model: torch.nn.Module, input_shape: tuple[int, ...], n_samples: int, where: str = "model") -> list[str]:
