@@ -83,7 +83,8 @@ KEYS = (
     Key("model_version", "modelVersion", "relaylab.modelVersion"),
 )
 NEWER_FIELDS = frozenset({"attribution", "pinned", "category_order", "compare", "tab", "label", "depth", "composite",
-                          "inspector_colormap", "map_source", "map_perplexity", "map_subset", "model_version"})  # links carry these only when not at their defaults
+                          "inspector_colormap", "map_source", "map_perplexity", "map_subset",
+                          "model_version"})  # links carry these only when not at their defaults
 QUERY_KEYS = frozenset({"project", *(k.query for k in KEYS)})  # what makes a URL a share link
 
 

@@ -30,10 +30,10 @@ import torch
 from ..data import store as zstore
 from ..data.dims import CLASS, SAMPLE
 from ..data.project import Project, open_project
-from ..errors import Problem, RelaylabError, step
+from ..errors import RelaylabError, step
 from ..explain import models
-from .cav import CAV, learn_cav
-from .clarc import METHODS, Projection, add_projection, rr_clarc
+from .cav import learn_cav
+from .clarc import METHODS, add_projection, rr_clarc
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +185,7 @@ def resolve_selection(project: Project, *, analysis: str, category: str | int | 
         raise RelaylabError.at(selection or store, f"analyses/{analysis}/{name}", "at least 2 samples carrying the artifact", "an empty selection")
     if len(samples) >= len(members) - 1:
         raise RelaylabError.at(selection or store, f"analyses/{analysis}/{name}", "a selection that leaves at least 2 other samples of "
-                               f"the category to contrast it with", f"{len(samples)} of its {len(members)} samples")
+                               "the category to contrast it with", f"{len(samples)} of its {len(members)} samples")
     return Selection(analysis, name, class_of(project, name), members, np.sort(samples), source)
 
 
