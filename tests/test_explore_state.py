@@ -415,6 +415,7 @@ def test_the_server_draws_the_points(project, color_by):
     ("mapPerplexity", "50", ["mapPerplexity", "10, 30, 90"]),
     ("tab", "settings", ["tab", "analysis, sample"]),
     ("inspectorColorMap", "viridis", ["inspectorColorMap", "colour maps"]),
+    ("modelVersion", "p-clarc-x", ["modelVersion", "corrected model versions", "relaylab fix"]),
 ])
 def test_the_newer_link_keys_are_checked(project, key, value, words):
     """Each of relaylab's newer share-link keys refuses what the project cannot show, naming the key; nothing changes."""

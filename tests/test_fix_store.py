@@ -176,3 +176,13 @@ def test_lrp_through_a_projection_follows_the_projected_forward_pass():
     with Explainer(plain, "epsilon_plus") as explain:
         plain_map, _ = explain(x, target)
     assert not torch.allclose(plain_map, hooked_map, atol=1e-3)  # the projection does change the explanation
+
+
+def test_a_clarc_fine_tunes_with_the_estimated_artifact_on_every_class(demo_copy):
+    from relaylab.fix.job import fix, verify
+
+    entry = fix(demo_copy, category="3", method="a-clarc", layer="features.3", progress=False)
+    assert entry["version"] == "a-clarc-digit-3" and entry["training"]["epochs"] == 5
+    result, _ = verify(demo_copy, entry["version"], progress=False)
+    assert result["corrected"]["flip_rate"] <= 0.5 * result["original"]["flip_rate"]
+    assert result["corrected"]["accuracy"] >= result["original"]["accuracy"] - 0.02
