@@ -88,6 +88,10 @@ def test_rr_clarc_fine_tunes_a_version_that_no_longer_follows_the_square(demo_co
     assert "flip rate" in out and "rr: rr-clarc at features.3, category digit-3" in out
     report = json.loads((demo_copy.parent / "project.verify-rr" / "verification.json").read_text())
     assert report["corrected"] == result["corrected"]
+    from relaylab.data.schema import schema_problems
+
+    assert not schema_problems("verification", report, "verification.json")
+    assert schema_problems("verification", {**report, "method": "x-clarc"}, "verification.json")  # the schema does check
     # the fine-tuned weights are the version's own: they differ from the original's
     spec = models.model_spec_of(demo_copy, "rr")
     tuned, original = models.load_model(spec), models.load_model(models.model_spec_of(demo_copy))

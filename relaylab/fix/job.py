@@ -607,5 +607,17 @@ def verify(store: str | Path, version: str, *, artifact_image: str | Path | None
             "relevance_in_mask_reduction": (1 - after["relevance_in_mask"] / before["relevance_in_mask"]) if before["relevance_in_mask"] > 0 else None,
         }
         result["seconds"] = round(time.perf_counter() - started, 2)
+    result = without_nan(result)
     record_version(store, version, {**entry, "verification": result})
     return result, figures
+
+
+def without_nan(value):
+    """A JSON-able copy with NaN (no sample to measure on) as None: JSON has no NaN."""
+    if isinstance(value, dict):
+        return {k: without_nan(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [without_nan(v) for v in value]
+    if isinstance(value, float) and value != value:
+        return None
+    return value

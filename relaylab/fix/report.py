@@ -33,7 +33,7 @@ def _bars_png(path: Path, result: dict) -> str:
     figure, axes = plt.subplots(figsize=(7.0, 2.8), dpi=100)
     x = np.arange(len(keys))
     for offset, (name, colour) in zip((-0.2, 0.2), (("original", "#7f8c8d"), ("corrected", "#2e86c1"))):
-        values = [float(np.nan_to_num(result[name][key])) for key, _ in keys]
+        values = [0.0 if result[name].get(key) is None else float(result[name][key]) for key, _ in keys]
         axes.bar(x + offset, values, width=0.38, color=colour, label=name)
     axes.set_xticks(x, [short for _, short in keys], fontsize=7)
     axes.set_ylim(0, 1.05)
