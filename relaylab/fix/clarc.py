@@ -94,8 +94,9 @@ def apply_correction(model: nn.Module, spec) -> None:
 
 def rr_clarc(model: nn.Module, layer: str | None, cav: CAV | None, x: torch.Tensor, y: torch.Tensor, *, strength: float = 10.0,
              epochs: int = 3, batch_size: int = 64, lr: float = 1e-4, seed: int = 0, progress: bool = False) -> nn.Module:
-    """`model` fine-tuned in place with RR-ClArC's loss (see above) on (x, y); returned in eval mode. Without a layer
-    (or with strength 0) plain cross-entropy fine-tuning, as A-ClArC uses. The global RNG is left as it was."""
+    """`model` fine-tuned in place with RR-ClArC's loss (see above) on (x, y) (tensors on the model's device); returned
+    in eval mode. Without a layer (or with strength 0) plain cross-entropy fine-tuning, as A-ClArC uses. Batch-norm
+    layers keep their running statistics. The global RNG is left as it was."""
     from tqdm.auto import tqdm
 
     penalised = layer is not None and cav is not None and strength > 0
@@ -112,6 +113,9 @@ def rr_clarc(model: nn.Module, layer: str | None, cav: CAV | None, x: torch.Tens
             torch.manual_seed(seed)
             order = torch.Generator().manual_seed(seed)
             model.train()
+            for module in model.modules():  # batch-norm statistics stay the trained network's (small fine-tuning batches)
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
             for _ in tqdm(range(epochs), desc="RR-ClArC" if penalised else "fine-tuning", unit="epoch", disable=not progress, leave=False):
                 for rows in torch.randperm(len(x), generator=order).split(batch_size):
                     rows = rows.to(x.device)

@@ -318,7 +318,7 @@ def fix(store: str | Path, *, analysis: str = "spectral_analysis", category: str
         chosen = resolve_selection(project, analysis=analysis, category=category, cluster=cluster, selection=selection)
         if layer not in (None, "auto"):
             models.check_layers(model, [layer], str(store))
-        version = version or f"{method}-{chosen.category}"
+        version = version or re.sub(r"[^A-Za-z0-9_.-]", "_", f"{method}-{chosen.category}")[:64]
         check_version_name(store, version)
         if version in (zstore.store_metadata(store).get(models.VERSIONS) or {}) and not replace:
             raise RelaylabError.at(store, f"{models.VERSIONS}.{version}", "a new version name (or --replace)", "it exists")
@@ -348,20 +348,18 @@ def fix(store: str | Path, *, analysis: str = "spectral_analysis", category: str
         checkpoint = {"correction": {"direction": torch.as_tensor(direction.direction), "reference": torch.as_tensor(direction.reference)}}
         if method != "p-clarc":
             with step(f"{method} fine-tuning", store):
-                x = models.preprocess(read_inputs(project, train), spec, device)
-                y = torch.as_tensor(train_labels)
+                raw = read_inputs(project, train)
+                y = torch.as_tensor(train_labels, device=device)
                 if method == "a-clarc":
                     from .verify import estimated_artifact_of, paste
 
                     artifact, mask, _ = estimated_artifact_of(project, chosen, seed=seed)
-                    raw = read_inputs(project, train)
                     half = np.random.default_rng(seed).random(len(raw)) < 0.5
                     raw[half] = paste(raw[half], artifact, mask)
-                    x = models.preprocess(raw, spec, device)
-                    model = fine_tune(model, x, y, epochs=epochs, lr=lr, seed=seed, progress=progress)
+                    model = fine_tune(model, models.preprocess(raw, spec, device), y, epochs=epochs, lr=lr, seed=seed, progress=progress)
                 else:
-                    model = rr_clarc(model, layer, direction, x.to(next(model.parameters()).device), y.to(next(model.parameters()).device),
-                                     strength=strength, epochs=epochs, lr=lr, seed=seed, progress=progress)
+                    model = rr_clarc(model, layer, direction, models.preprocess(raw, spec, device), y, strength=strength, epochs=epochs,
+                                     lr=lr, seed=seed, progress=progress)
         checkpoint["state_dict"] = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         path = folder / f"{version}.pt"
         partial = path.with_suffix(".pt.partial")
@@ -386,8 +384,7 @@ def fix(store: str | Path, *, analysis: str = "spectral_analysis", category: str
 def fine_tune(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int, lr: float, seed: int, progress: bool,
               batch_size: int = 64) -> torch.nn.Module:
     """Plain cross-entropy fine-tuning (A-ClArC's, on data with the artifact added to every class); eval mode after."""
-    return rr_clarc(model, None, None, x.to(next(model.parameters()).device), y.to(next(model.parameters()).device), strength=0.0,
-                    epochs=epochs, lr=lr, seed=seed, progress=progress, batch_size=batch_size)
+    return rr_clarc(model, None, None, x, y, strength=0.0, epochs=epochs, lr=lr, seed=seed, progress=progress, batch_size=batch_size)
 
 
 SEARCH_LAYERS = 4  # candidate layers tried by the layer search
