@@ -118,6 +118,10 @@ class Project:
             members = sum(c.sizes.get("member", 0) for c in tree.children.values())
             lines.append(f"analyses/{name}  {len(tree.children)} categories, {members} members; "
                          f"embeddings: {', '.join(embeddings)}; clusterings: {', '.join(clusterings)}")
+        for name, entry in (self.metadata.get("store", {}).get("model_versions") or {}).items():
+            correction = entry.get("correction") or {}
+            lines.append(f"model version {name}  {correction.get('method')} at {correction.get('layer')} "
+                         f"(category {(entry.get('selection') or {}).get('category')}; relaylab verify --model {name})")
         return "\n".join(lines)
 
 
