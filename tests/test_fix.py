@@ -178,3 +178,13 @@ def test_rr_clarc_makes_the_class_output_insensitive_along_the_direction_and_kee
     assert abs(after) < 0.2 * abs(before), (before, after)
     # on samples without the shortcut the corrected model does no worse than the one that relied on it
     assert accuracy(model) >= shortcut_accuracy, (shortcut_accuracy, accuracy(model))
+
+
+def test_a_weak_shortcut_is_pointed_out():
+    from relaylab.fix.report import weak_shortcut
+
+    result = {"category": "c1", "original": {"flip_rate": 0.019, "accuracy": 0.994}, "corrected": {"flip_rate": 0.0, "accuracy": 0.912}}
+    note = weak_shortcut(result)
+    assert note is not None and "1.9%" in note and "0.994 → 0.912" in note
+    assert weak_shortcut({**result, "original": {"flip_rate": 0.84, "accuracy": 0.975}}) is None  # a real shortcut: no note
+    assert weak_shortcut({**result, "original": {"flip_rate": None, "accuracy": 0.975}}) is None  # nothing measured

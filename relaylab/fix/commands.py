@@ -25,7 +25,16 @@ def print_verification(result: dict, page: Path) -> None:
         before, after = result["original"][key], result["corrected"][key]
         show = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
         print(f"  {label:<20}{show(before):>10}{show(after):>11}")
+    if (note := weak_shortcut_note(result)) is not None:
+        print(f"note: {note}")
     print(f"report {page}")
+
+
+def weak_shortcut_note(result: dict) -> str | None:
+    """A warning when the original model hardly follows the artifact: what was removed may be a way the class looks."""
+    from .report import weak_shortcut
+
+    return weak_shortcut(result)
 
 
 def cmd_fix(args: argparse.Namespace) -> int:

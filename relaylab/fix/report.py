@@ -23,6 +23,21 @@ NUMBERS = (("accuracy", "clean accuracy", "clean\naccuracy"), ("flip_rate", "art
            ("tcav_score", "TCAV score", "TCAV\nscore"))
 
 
+WEAK_FLIP = 0.2  # an original flip rate below this: the artifact hardly acts as a shortcut
+
+
+def weak_shortcut(result: dict) -> str | None:
+    """A warning, in words, when the original model hardly follows the (estimated or given) artifact: the selection
+    may be a way the category itself looks rather than a shortcut, and correcting it costs accuracy for nothing."""
+    flips = result["original"].get("flip_rate")
+    if flips is None or flips >= WEAK_FLIP:
+        return None
+    return (f"the artifact turns only {flips:.1%} of other classes' samples into {result['category']} with the original model: "
+            f"the selection may be a way {result['category']} itself looks rather than a shortcut (clean accuracy "
+            f"{result['original']['accuracy']:.3f} → {result['corrected']['accuracy']:.3f}); check its samples in the explorer, or "
+            "give the artifact with --artifact-image/--artifact-mask")
+
+
 def _bars_png(path: Path, result: dict) -> str:
     import matplotlib
 
@@ -91,6 +106,7 @@ def write_report(result: dict, figures: dict, out: str | Path) -> Path:
 (class {result['label']}); artifact samples: {html.escape(result['selection']['source'])}, {result['selection']['samples']} of
 {result['selection']['members']}. Evaluated on {html.escape(e['samples'])}: {e['clean']} clean samples (accuracy, flip rate),
 {e['heatmaps']} artifact samples (relevance in the mask), {e['spray']} category members (SpRAy, census), {e['tcav']} (TCAV).</p>
+{f'<p class="warning" style="color:#a04000"><b>Note:</b> {html.escape(weak_shortcut(result))}</p>' if weak_shortcut(result) else ''}
 <table><tr><th></th><th>original</th><th>corrected</th></tr>{table}</table>
 <p><img src="{bars}" alt="numbers"></p>
 <h2>The artifact pasted for the flip rate ({html.escape(result['artifact']['source'])}, {result['artifact']['mask_pixels']} pixels)</h2>
