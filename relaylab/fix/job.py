@@ -140,7 +140,7 @@ def resolve_selection(project: Project, *, analysis: str, category: str | int | 
         except RelaylabError:
             if cluster is None and selection is None:
                 raise RelaylabError.at(store, f"census/{analysis}", "--cluster, --selection, or a census of the analysis whose "
-                                       f"top cluster is used (relaylab census {store} --analysis {analysis})", "none") from None
+                                       f"suspects are used (relaylab census {store} --analysis {analysis})", "none") from None
         if category is None and census is not None and selection is None:
             category = ranking(census)[0]["category"]
     file_samples = None
