@@ -152,9 +152,8 @@ def _correct(model, data, heatmaps, suspects, seed: int) -> dict:
     import numpy as np
     import torch
 
-    from relaylab.fix.cav import learn_cav
     from relaylab.fix.clarc import add_projection, rr_clarc
-    from relaylab.fix.job import candidate_layers, fine_tune, layer_outputs, layer_search
+    from relaylab.fix.job import candidate_layers, fine_tune, layer_search
     from relaylab.fix.verify import estimate_artifact, paste
 
     from .poisoning_data import accuracy, flip_rate, stamp
@@ -181,9 +180,8 @@ def _correct(model, data, heatmaps, suspects, seed: int) -> dict:
     rows = np.r_[suspects, rest]
     is_artifact = np.r_[np.ones(len(suspects), bool), np.zeros(len(rest), bool)]
     to_input = torch.as_tensor
-    layer, _ = layer_search(model, to_input, x[rows], is_artifact, candidate_layers(model, x.shape[1:], len(rows)), x[others],
-                            y[others], target, artifact, mask, seed=seed)
-    cav = learn_cav(layer_outputs(model, to_input, x[rows], layer), is_artifact, random_state=seed)
+    layer, cav, _ = layer_search(model, to_input, x[rows], is_artifact, candidate_layers(model, x.shape[1:], len(rows)), x[others],
+                                 y[others], target, artifact, mask, seed=seed)
     out.update(layer=layer, cav_accuracy=cav.accuracy)
     xt, yt = torch.as_tensor(x), torch.as_tensor(y)
     for method in CORRECTIONS:

@@ -111,7 +111,7 @@ def no_training(monkeypatch):
         monkeypatch.setattr(job, name, forbidden)
 
 
-@pytest.mark.parametrize("case", ["empty", "other-category", "state-of-another-category", "unknown-layer", "unknown-cluster",
+@pytest.mark.parametrize("case", ["empty", "one", "other-category", "state-of-another-category", "unknown-layer", "unknown-cluster",
                                   "everything"])
 def test_bad_input_is_refused_before_any_work(demo_copy, tmp_path, no_training, case):
     from relaylab.fix.job import fix
@@ -124,6 +124,9 @@ def test_bad_input_is_refused_before_any_work(demo_copy, tmp_path, no_training, 
     if case == "empty":
         selection.write_text("[]")
         kwargs["selection"], expect = selection, "empty selection"
+    elif case == "one":
+        selection.write_text(json.dumps(samples[labels == 3][:1].tolist()))
+        kwargs["selection"], expect = selection, "at least 2 samples carrying the artifact"
     elif case == "other-category":
         selection.write_text(json.dumps(samples[labels == 5][:10].tolist()))
         kwargs["selection"], expect = selection, "are not (their labels: 5)"
@@ -176,7 +179,8 @@ def test_lrp_through_a_projection_follows_the_projected_forward_pass():
         explicit_map, explicit_logits = explain(x, target)
     assert torch.allclose(hooked_logits, explicit_logits, atol=1e-5)
     assert torch.allclose(hooked_map, explicit_map, atol=1e-5)
-    plain = nn.Sequential(conv, nn.ReLU(), nn.Flatten(), linear)
+    plain = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))  # the same weights, no hook
+    plain.load_state_dict(explicit[:1].state_dict() | {f"3.{k}": v for k, v in linear.state_dict().items()})
     with Explainer(plain, "epsilon_plus") as explain:
         plain_map, _ = explain(x, target)
     assert not torch.allclose(plain_map, hooked_map, atol=1e-3)  # the projection does change the explanation

@@ -202,7 +202,7 @@ class Checked:
     inputs: xr.Dataset
     n_classes: int
     classes: np.ndarray
-    version: str = "original"
+    version: str = ORIGINAL
 
 
 def check_common(store_path, *, name: str, kind: str, batch_size: int, device: str, version: str | None = None) -> Checked:

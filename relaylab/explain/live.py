@@ -65,7 +65,6 @@ class SampleExplainer:
 
     def __init__(self, project: Project, device: str = "cpu", version: str | None = None):
         self.project = project
-        self.version = version or models.ORIGINAL
         self.spec = models.model_spec_of(project.path, version)
         recorded = project.metadata.get("store", {}).get("model", {})
         self.layers: list[dict] = list(recorded.get("layers", []))

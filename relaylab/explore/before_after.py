@@ -41,7 +41,6 @@ class BeforeAfterView(ProjectViewer):
         self.version_select = pn.widgets.Select(label="Corrected model", width=260, css_classes=["rl-fix-version"])
         self.version_select.param.watch(self._on_select, "value")
         self.pane = pn.pane.HTML("", sizing_mode="stretch_width", css_classes=["rl-before-after"])
-        self._stale = True
         self.state.param.watch(lambda *events: self.refresh(), ["tab", "selection", "model_version", "colormap", "composite"])
         self.refresh()
 
@@ -56,15 +55,13 @@ class BeforeAfterView(ProjectViewer):
             self.state.apply({"model_version": event.new})
 
     def refresh(self) -> None:
+        if self.state.tab != "fix":  # drawn when the tab is opened: a session that never opens it pays nothing
+            return
         versions = self.versions()
         self.version_select.options = list(versions)
         version = self.state.model_version if self.state.model_version in versions else (list(versions)[-1] if versions else None)
         if version is not None and self.version_select.value != version:
             self.version_select.value = version
-        if self.state.tab != "fix":  # drawn when the tab is opened: a session that never opens it pays nothing
-            self._stale = True
-            return
-        self._stale = False
         try:
             self.pane.object = self.page(version, versions.get(version)) if version else "<i>No corrected model version: run relaylab fix.</i>"
         except RelaylabError as error:

@@ -27,7 +27,6 @@ from torch import nn
 from .cav import CAV
 
 METHODS = ("p-clarc", "rr-clarc", "a-clarc")
-HOOKS = "_relaylab_corrections"  # attribute of a corrected model: (module, hook id) of each projection
 
 
 class Projection(nn.Module):
@@ -49,6 +48,17 @@ class Projection(nn.Module):
         return (flat - along[:, None] * v[None]).reshape(a.shape)
 
 
+class ProjectionHook:
+    """The forward hook P-ClArC registers: the layer's output replaced by its projection (a class of its own, so
+    `corrections_last` recognises it among a layer's hooks)."""
+
+    def __init__(self, projection: Projection):
+        self.projection = projection
+
+    def __call__(self, module, inputs, output):
+        return self.projection(output)
+
+
 def add_projection(model: nn.Module, layer: str, cav: CAV | Projection) -> torch.utils.hooks.RemovableHandle:
     """Register P-ClArC on `layer` of `model` (a forward hook that replaces the layer's output); the handle removes it."""
     modules = dict(model.named_modules())
@@ -58,20 +68,15 @@ def add_projection(model: nn.Module, layer: str, cav: CAV | Projection) -> torch
     parameter = next(model.parameters(), None)
     if parameter is not None:
         projection = projection.to(parameter.device)
-    handle = modules[layer].register_forward_hook(lambda module, inputs, output: projection(output))
-    hooks = getattr(model, HOOKS, None)
-    if hooks is None:
-        hooks = []
-        object.__setattr__(model, HOOKS, hooks)  # not an nn.Module attribute: no state-dict entry
-    hooks.append((modules[layer], handle.id))
-    return handle
+    return modules[layer].register_forward_hook(ProjectionHook(projection))
 
 
 def corrections_last(model: nn.Module) -> None:
     """Move the model's projection hooks behind every other forward hook of their layers (see the module docstring)."""
-    for module, hook_id in getattr(model, HOOKS, ()):
-        if hook_id in module._forward_hooks:  # torch keeps a module's forward hooks in an ordered dict, run in order
-            module._forward_hooks.move_to_end(hook_id)
+    for module in model.modules():
+        for hook_id, hook in list(module._forward_hooks.items()):  # torch keeps them in an ordered dict, run in order
+            if isinstance(hook, ProjectionHook):
+                module._forward_hooks.move_to_end(hook_id)
 
 
 def apply_correction(model: nn.Module, spec) -> None:

@@ -2,7 +2,8 @@
 into a new model version, and measure original against corrected.
 
 Which samples carry the artifact: a cluster of the analysis (`kmeans-4:2`), a selection exported from the explorer
-(its state file, or a list of sample indices), or by default the census's most suspicious cluster of the category.
+(its state file, or a list of sample indices), or by default the samples the category's census points at
+(`census_suspects`).
 Everything the user chose is checked (category, cluster, selection, layer, method) before any activation is computed
 or any weight changes.
 
@@ -32,7 +33,7 @@ from ..data.dims import CLASS, SAMPLE
 from ..data.project import Project, open_project
 from ..errors import RelaylabError, step
 from ..explain import models
-from .cav import learn_cav
+from .cav import CAV, learn_cav
 from .clarc import METHODS, add_projection, rr_clarc
 
 log = logging.getLogger(__name__)
@@ -97,14 +98,14 @@ def class_of(project: Project, category: str) -> int:
     raise RelaylabError.at(project.path, "label_map", f"a class whose category is {category!r}", "none")
 
 
-def read_selection_file(path: Path) -> tuple[np.ndarray, str | None, str | None]:
-    """(sample indices, category, analysis) of an explorer state file (ViRelAy's keys) or a plain list (JSON, .npy,
-    or one index per line; no category)."""
+def read_selection_file(path: Path) -> tuple[np.ndarray, str | None]:
+    """(sample indices, category) of an explorer state file (ViRelAy's keys) or a plain list (JSON, .npy, or one
+    index per line; no category)."""
     import json
 
     try:
         if path.suffix == ".npy":
-            return np.load(path).astype(np.int64).ravel(), None, None
+            return np.load(path).astype(np.int64).ravel(), None
         text = path.read_text()
         document = json.loads(text) if text.lstrip().startswith(("[", "{")) else text.split()
     except (OSError, ValueError) as error:
@@ -114,10 +115,9 @@ def read_selection_file(path: Path) -> tuple[np.ndarray, str | None, str | None]
         indices = document.get("selectedEmbeddingVectorsIndices")
         if not isinstance(indices, list):
             raise RelaylabError.at(path, "selectedEmbeddingVectorsIndices", "the selected samples (an exported explorer state)", repr(indices))
-        return (np.asarray(indices, dtype=np.int64), document.get("selectedAnalysisCategory"),
-                document.get("selectedAnalysisMethod"))
+        return np.asarray(indices, dtype=np.int64), document.get("selectedAnalysisCategory")
     try:
-        return np.asarray(document, dtype=np.int64).ravel(), None, None
+        return np.asarray(document, dtype=np.int64).ravel(), None
     except (TypeError, ValueError) as error:
         raise RelaylabError.at(path, "", "integer sample indices", str(error)) from None
 
@@ -145,7 +145,7 @@ def resolve_selection(project: Project, *, analysis: str, category: str | int | 
             category = ranking(census)[0]["category"]
     file_samples = None
     if selection is not None:
-        file_samples, file_category, file_analysis = read_selection_file(Path(selection))
+        file_samples, file_category = read_selection_file(Path(selection))
         if category is None:
             category = file_category
         elif file_category is not None and category_of(project, analysis, category) != file_category:
@@ -181,8 +181,9 @@ def resolve_selection(project: Project, *, analysis: str, category: str | int | 
             raise RelaylabError.at(store, f"census/{analysis}/{name}", "the category's census", "none (skipped by the census)")
         chosen_rows, source = census_suspects(ds, census[name].attrs.get("clustering"))
         samples = np.asarray(ds["index"].values, dtype=np.int64)[chosen_rows]
-    if len(samples) == 0:
-        raise RelaylabError.at(selection or store, f"analyses/{analysis}/{name}", "at least 2 samples carrying the artifact", "an empty selection")
+    if len(samples) < 2:
+        raise RelaylabError.at(selection or store, f"analyses/{analysis}/{name}", "at least 2 samples carrying the artifact",
+                               "an empty selection" if len(samples) == 0 else f"1 sample ({int(samples[0])})")
     if len(samples) >= len(members) - 1:
         raise RelaylabError.at(selection or store, f"analyses/{analysis}/{name}", "a selection that leaves at least 2 other samples of "
                                "the category to contrast it with", f"{len(samples)} of its {len(members)} samples")
@@ -207,17 +208,22 @@ def census_suspects(census, clustering: str | None = None) -> tuple[np.ndarray, 
 
 # ----------------------------------------------------------------------------------------------- model passes
 
+def positions_of(project: Project, samples: np.ndarray) -> np.ndarray:
+    """Row positions in the project's inputs of `samples` (dataset indices), in that order."""
+    index = project.inputs[SAMPLE].values
+    order = np.argsort(index, kind="stable")
+    positions = order[np.minimum(np.searchsorted(index, samples, sorter=order), len(index) - 1)]
+    if not np.array_equal(index[positions], samples):
+        raise RelaylabError.at(project.path, "inputs/sample", "sample indices of the dataset", "indices it does not hold")
+    return positions
+
+
 def read_inputs(project: Project, samples: np.ndarray) -> np.ndarray:
     """Raw stored inputs of `samples` (dataset indices), in that order."""
     from ..explore.data import small_read
 
     inputs = project.inputs["input"]
-    index = project.inputs[SAMPLE].values
-    order = np.argsort(index, kind="stable")
-    positions = order[np.searchsorted(index, samples, sorter=order)]
-    if not np.array_equal(index[positions], samples):
-        raise RelaylabError.at(project.path, "inputs/sample", "sample indices of the dataset", "indices it does not hold")
-    unique, back = np.unique(positions, return_inverse=True)
+    unique, back = np.unique(positions_of(project, samples), return_inverse=True)
     return small_read(inputs.isel(sample=unique))[back] if len(unique) else np.zeros((0, *inputs.shape[1:]), inputs.dtype)
 
 
@@ -270,9 +276,7 @@ def single_labels(project: Project, samples: np.ndarray) -> np.ndarray:
     labels = project.inputs["label"]
     if labels.ndim != 1:
         raise RelaylabError.at(project.path, "inputs/label", "one class per sample (fine-tuning and accuracy need it)", "multi-label samples")
-    index = project.inputs[SAMPLE].values
-    order = np.argsort(index, kind="stable")
-    return np.asarray(labels.values, dtype=np.int64)[order[np.searchsorted(index, samples, sorter=order)]]
+    return np.asarray(labels.values, dtype=np.int64)[positions_of(project, samples)]
 
 
 # ----------------------------------------------------------------------------------------------- versions
@@ -333,13 +337,21 @@ def fix(store: str | Path, *, analysis: str = "spectral_analysis", category: str
         with step("reading the category's inputs", store):
             images = read_inputs(project, np.concatenate([artifact_rows, rest_rows]))
         is_artifact = np.r_[np.ones(len(artifact_rows), bool), np.zeros(len(rest_rows), bool)]
+        estimate = None  # (artifact, mask): for the layer search and A-ClArC
+        if layer in (None, "auto") or method == "a-clarc":
+            from .verify import estimated_artifact_of
+
+            with step("estimating the artifact", store):
+                estimate = estimated_artifact_of(project, chosen, seed=seed)[:2]
         search = None
         if layer in (None, "auto"):
             with step("choosing the layer", store):
-                layer, search = choose_layer(project, model, spec, chosen, images, is_artifact, train, cav=cav, seed=seed, device=device)
-        with step(f"activations of {layer}", store):
-            features = layer_outputs(model, preprocessor(spec, device), images, layer)
-        direction = learn_cav(features, is_artifact, method=cav, random_state=seed)
+                layer, direction, search = choose_layer(project, model, spec, chosen, images, is_artifact, train, estimate, cav=cav, seed=seed,
+                                                        device=device)
+        else:
+            with step(f"activations of {layer}", store):
+                features = layer_outputs(model, preprocessor(spec, device), images, layer)
+            direction = learn_cav(features, is_artifact, method=cav, random_state=seed)
         if direction.accuracy < 0.7:
             log.warning("the CAV separates the artifact's samples from the rest of %s only with balanced accuracy %.2f at %s",
                         chosen.category, direction.accuracy, layer)
@@ -351,9 +363,9 @@ def fix(store: str | Path, *, analysis: str = "spectral_analysis", category: str
                 raw = read_inputs(project, train)
                 y = torch.as_tensor(train_labels, device=device)
                 if method == "a-clarc":
-                    from .verify import estimated_artifact_of, paste
+                    from .verify import paste
 
-                    artifact, mask, _ = estimated_artifact_of(project, chosen, seed=seed)
+                    artifact, mask = estimate
                     half = np.random.default_rng(seed).random(len(raw)) < 0.5
                     raw[half] = paste(raw[half], artifact, mask)
                     model = fine_tune(model, models.preprocess(raw, spec, device), y, epochs=epochs, lr=lr, seed=seed, progress=progress)
@@ -407,17 +419,18 @@ def candidate_layers(model: torch.nn.Module, input_shape: tuple[int, ...], n_sam
 
 def layer_search(model: torch.nn.Module, to_input, images: np.ndarray, is_artifact: np.ndarray, layers: list[str],
                  others: np.ndarray, other_labels: np.ndarray, target: int, artifact: np.ndarray, mask: np.ndarray, *,
-                 cav: str = "pattern", seed: int = 0) -> tuple[str, list[dict]]:
-    """The layer of `layers` where P-ClArC removes the artifact's effect best: per layer the CAV of `images`
-    (`is_artifact` against the rest), then on `others` (samples of other classes) the flip rate to `target` with
-    the artifact pasted in and the share of their predictions the projection changes; the lowest sum wins, ties to
-    the earlier layer."""
+                 cav: str = "pattern", seed: int = 0) -> tuple[str, CAV, list[dict]]:
+    """(layer, its CAV, one row per layer): the layer of `layers` where P-ClArC removes the artifact's effect best:
+    per layer the CAV of `images` (`is_artifact` against the rest), then on `others` (samples of other classes) the
+    flip rate to `target` with the artifact pasted in and the share of their predictions the projection changes;
+    the lowest sum wins, ties to the earlier layer."""
     from .verify import flip_rate
 
     original = predict_fn(model, to_input)(others)
-    rows = []
+    rows, directions = [], []
     for layer in layers:
         direction = learn_cav(layer_outputs(model, to_input, images, layer), is_artifact, method=cav, random_state=seed)
+        directions.append(direction)
         handle = add_projection(model, layer, direction)
         try:
             predict = predict_fn(model, to_input)
@@ -428,28 +441,21 @@ def layer_search(model: torch.nn.Module, to_input, images: np.ndarray, is_artifa
         rows.append({"layer": layer, "cav_accuracy": direction.accuracy, "flip_rate": flips, "changed_predictions": changed})
         log.info("layer search: %s", rows[-1])
     best = min(range(len(rows)), key=lambda i: (round(np.nan_to_num(rows[i]["flip_rate"], nan=1.0) + rows[i]["changed_predictions"], 3), i))
-    return rows[best]["layer"], rows
+    return rows[best]["layer"], directions[best], rows
 
 
 def choose_layer(project: Project, model: torch.nn.Module, spec: models.ModelSpec, chosen: Selection, images: np.ndarray,
-                 is_artifact: np.ndarray, train: np.ndarray, *, cav: str, seed: int, device: str = "cpu") -> tuple[str, list[dict]]:
-    """`layer_search` over the model's `candidate_layers`, with the artifact estimated from the selection, on
-    fine-tuning samples of other classes (never the evaluated ones)."""
-    from .verify import estimated_artifact_of
-
-    artifact, mask, _ = estimated_artifact_of(project, chosen, seed=seed)
+                 is_artifact: np.ndarray, train: np.ndarray, estimate: tuple[np.ndarray, np.ndarray], *, cav: str, seed: int,
+                 device: str = "cpu") -> tuple[str, CAV, list[dict]]:
+    """`layer_search` over the model's `candidate_layers`, with the artifact `estimate` (artifact, mask) from the
+    selection, on fine-tuning samples of other classes (never the evaluated ones)."""
+    artifact, mask = estimate
     rng = np.random.default_rng(seed)
     others = train[~np.isin(train, chosen.members)]
     others = others if len(others) <= SEARCH_SAMPLES else np.sort(rng.choice(others, SEARCH_SAMPLES, replace=False))
     layers = candidate_layers(model, spec.input_shape, len(images), spec.origin)
     return layer_search(model, preprocessor(spec, device), images, is_artifact, layers, read_inputs(project, others),
                         single_labels(project, others), chosen.label, artifact, mask, cav=cav, seed=seed)
-
-
-def load_version(store: str | Path, version: str, device: str = "cpu") -> tuple[torch.nn.Module, models.ModelSpec, dict]:
-    spec = models.model_spec_of(store, version)
-    entry = models.model_versions(store)[version]
-    return models.load_model(spec, device), spec, entry
 
 
 
@@ -480,18 +486,18 @@ def given_artifact(image: str | Path, mask: str | Path, shape: tuple[int, ...], 
     return picture * scale, chosen.astype(np.float32), {"source": "given", "image": str(image), "mask": str(mask), "mask_pixels": int(chosen.sum())}
 
 
-def heatmaps_of(model: torch.nn.Module, spec: models.ModelSpec, images: np.ndarray, label: int, method: str) -> np.ndarray:
-    """Attributions (n, C, H, W) of class `label` with `method`, as `relaylab attribute` computes them."""
-    from ..explain.attribution import Explainer
+def heatmaps_of(model: torch.nn.Module, spec: models.ModelSpec, images: np.ndarray, label: int, method: str,
+                value_range: list[float] | None = None) -> np.ndarray:
+    """Attributions (n, C, H, W) of class `label` with `method`, as `relaylab attribute` computes them (the input
+    bounds of epsilon_gamma_box from the stored value range)."""
+    from ..explain.attribution import explain_batch
     from ..explain.jobs import deterministic
 
-    out = []
-    with deterministic(), Explainer(model, method, canonizer=spec.canonizer) as explain:
-        for start in range(0, len(images), BATCH):
-            x = models.preprocess(images[start:start + BATCH], spec, next(model.parameters()).device)
-            attribution, _ = explain(x, torch.full((len(x),), label, dtype=torch.long, device=x.device))
-            out.append(attribution.float().cpu().numpy())
-    return np.concatenate(out)
+    device = next(model.parameters()).device
+    bounds = tuple(b.to(device) for b in models.input_bounds(spec, value_range, images.dtype)) if method == "epsilon_gamma_box" else None
+    with deterministic():
+        return np.concatenate([explain_batch(model, models.preprocess(images[start:start + BATCH], spec, device), label, method,
+                                             canonizers=spec.canonizer, bounds=bounds)[0] for start in range(0, len(images), BATCH)])
 
 
 def attribution_method(project: Project, analysis: str) -> tuple[str, str]:
@@ -557,6 +563,7 @@ def verify(store: str | Path, version: str, *, artifact_image: str | Path | None
         clean = np.setdiff1d(evaluated, chosen.samples)
         held_artifact = np.intersect1d(evaluated, chosen.samples)
         attribution, method = attribution_method(project, chosen.analysis)
+        value_range = project.inputs.attrs.get("value_range")
         config = (zstore.read_group_meta(store, f"analyses/{chosen.analysis}") or {}).get("config")
         if not isinstance(config, dict) or "spectral" not in config:
             from ..analyze.config import load_config
@@ -575,7 +582,7 @@ def verify(store: str | Path, version: str, *, artifact_image: str | Path | None
                                                     rest if len(rest) <= budget else rng.choice(rest, budget, replace=False)]))
             spray_images = read_inputs(project, spray_members)
             tcav_members = spray_members if len(spray_members) <= TCAV_SAMPLES else np.sort(rng.choice(spray_members, TCAV_SAMPLES, replace=False))
-            tcav_images = read_inputs(project, tcav_members)
+            tcav_images = spray_images[np.searchsorted(spray_members, tcav_members)]
         marked = np.isin(spray_members, chosen.samples)
         result = {"version": version, "category": chosen.category, "label": label, "layer": layer, "method": entry["correction"]["method"],
                   "selection": {"source": chosen.source, "samples": int(len(chosen.samples)), "members": int(len(members))},
@@ -591,10 +598,10 @@ def verify(store: str | Path, version: str, *, artifact_image: str | Path | None
                 numbers = {"accuracy": float(np.mean(predict(images) == labels)) if len(images) else None,
                            "accuracy_artifact_samples": float(np.mean(predict(artifact_images) == label)) if len(artifact_images) else None,
                            "flip_rate": flip_rate(predict, images, labels, label, artifact.astype(np.float32), mask)}
-                maps = heatmaps_of(model, spec_of, shown_images, label, method)
+                maps = heatmaps_of(model, spec_of, shown_images, label, method, value_range)
                 numbers["relevance_in_mask"] = float(relevance_in_mask(maps, mask > 0.5).mean())
                 figures[f"heatmaps_{name}"] = maps[:8]
-                numbers.update(spray_scores(heatmaps_of(model, spec_of, spray_images, label, method), spray_members, marked, config))
+                numbers.update(spray_scores(heatmaps_of(model, spec_of, spray_images, label, method, value_range), spray_members, marked, config))
                 numbers["tcav_score"], numbers["tcav_derivative"] = tcav(model, layer, direction, models.preprocess(tcav_images, spec_of, device), label)
             result[name] = numbers
         before, after = result["original"], result["corrected"]

@@ -124,13 +124,11 @@ def estimated_artifact_of(project, selection, attribution: str | None = None, ma
                           seed: int = 0) -> tuple[np.ndarray, np.ndarray, dict]:
     """`estimate_artifact` of a `relaylab.fix.job.Selection` in its project: at most `max_rows` samples a side, the
     heatmaps of the attribution set its analysis was computed on."""
-    from ..data import store as zstore
     from ..explore.data import small_read
-    from .job import read_inputs
+    from .job import attribution_method, read_inputs
 
     if attribution is None:
-        meta = zstore.read_group_meta(project.path, f"analyses/{selection.analysis}") or {}
-        attribution = meta.get("attribution") or next(iter(project.attributions), None)
+        attribution = attribution_method(project, selection.analysis)[0]
     if attribution not in project.attributions:
         raise ValueError(f"no attribution set {attribution!r} to estimate the artifact's mask from")
     rng = np.random.default_rng(seed)
