@@ -194,3 +194,32 @@ def test_a_clarc_fine_tunes_with_the_estimated_artifact_on_every_class(demo_copy
     result, _ = verify(demo_copy, entry["version"], progress=False)
     assert result["corrected"]["flip_rate"] <= 0.5 * result["original"]["flip_rate"]
     assert result["corrected"]["accuracy"] >= result["original"]["accuracy"] - 0.02
+
+
+def test_bad_versions_and_artifact_files_are_refused_naming_the_file(demo_copy, tmp_path):
+    """verify's inputs (the version, the artifact image and mask) and fix's version name: one clear error each, and
+    nothing recorded by a refused call."""
+    from PIL import Image
+
+    from relaylab.fix.job import fix, verify
+
+    fix(demo_copy, category="3", layer="features.0", version="v1", progress=False)
+    recorded = models.model_versions(demo_copy)["v1"]
+    for name, words in (("original", "not 'original'"), ("bad name!", "letters, digits"), ("v1", "it exists")):
+        with pytest.raises(RelaylabError) as error:
+            fix(demo_copy, category="3", layer="features.0", version=name, progress=False)
+        assert words in str(error.value)
+    with pytest.raises(RelaylabError) as error:
+        verify(demo_copy, "v2", progress=False)
+    assert "model_versions" in str(error.value) and "original, v1" in str(error.value)
+    good, small, black = tmp_path / "good.png", tmp_path / "small.png", tmp_path / "black.png"
+    Image.fromarray(np.full((32, 32), 255, np.uint8)).save(good)
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(small)
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(black)
+    for image, mask, words in ((good, None, "both an artifact image and its mask"), (small, good, "small.png"),
+                               (good, small, "inputs' size 32×32"), (good, black, "white (artifact) pixels"),
+                               (tmp_path / "missing.png", good, "missing.png")):
+        with pytest.raises(RelaylabError) as error:
+            verify(demo_copy, "v1", artifact_image=image, artifact_mask=mask, progress=False)
+        assert words in str(error.value), str(error.value)
+    assert models.model_versions(demo_copy)["v1"] == recorded  # no verification recorded by a refused call
